@@ -21,9 +21,9 @@ CORPUS = [
     "class Stack:\n    def __init__(self):\n        self.items = []\n\n    def push(self, item):\n"
     "        self.items.append(item)\n",
     "function add(a, b) {\n  return a + b;\n}\nconst total = [1, 2, 3].reduce(add, 0);\n",
-    "#include <stdio.h>\nint main(void) {\n    printf(\"hello\\n\");\n    return 0;\n}\n",
+    '#include <stdio.h>\nint main(void) {\n    printf("hello\\n");\n    return 0;\n}\n',
     "SELECT id, name FROM users WHERE active = 1 ORDER BY name;\n",
-    "fn main() {\n    let v: Vec<i32> = (0..10).collect();\n    println!(\"{:?}\", v);\n}\n",
+    'fn main() {\n    let v: Vec<i32> = (0..10).collect();\n    println!("{:?}", v);\n}\n',
     "You are a helpful coding assistant. Write a function that reverses a string.\n",
 ]
 

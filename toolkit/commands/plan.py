@@ -1,0 +1,87 @@
+"""`toolkit plan`: which models and vLLM settings this machine (or a recorded one) can carry."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from toolkit import detection, planning
+
+
+def plan_cmd(
+    gpus: Path = typer.Option(
+        None,
+        "--gpus",
+        help="Plan for a recorded GPU inventory (`toolkit detect --json` output) instead of this machine.",
+    ),
+    inventory: Path = typer.Option(
+        None,
+        "--inventory",
+        "-i",
+        help="Ansible inventory whose toolkit_plan_overrides (per host or group) apply; needs --host.",
+    ),
+    host: str = typer.Option(None, "--host", help="Inventory host whose overrides apply."),
+    overrides: Path = typer.Option(
+        None,
+        "--overrides",
+        help="A YAML/JSON file of overrides (same keys as the inventory variable toolkit_plan_overrides).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON (the same dict the roles consume)."),
+) -> None:
+    """Choose the chat, autocomplete and embedding models, quantization, vLLM serve arguments and ports.
+
+    Every choice is checked: weights plus the KV cache for the context must fit in
+    gpu_memory_utilization x VRAM; otherwise the planner steps down (smaller model, shorter
+    context, stronger quantization) and says why. A CPU-only machine gets the CPU tier.
+    Exit 2 when the overrides are malformed or ask for something that cannot fit.
+    """
+    if (inventory is None) != (host is None):
+        raise typer.BadParameter("--inventory and --host go together")
+    facts = planning.load_gpu_inventory(gpus) if gpus else detection.detect()
+    ov: dict = {}
+    if inventory:
+        ov = planning.overrides_from_inventory(inventory, host)
+    if overrides:
+        ov = planning._load_mapping(overrides, "overrides file")
+    result = planning.plan(facts, ov)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console = Console()
+    gpu_line = ", ".join(result["gpu_names"]) or "no GPU"
+    console.print(f"[bold]tier {result['tier']}[/bold] ({result['runtime']}, {result['gpu_count']} GPU: {gpu_line})")
+    t = Table("service", "model", "quant.", "context", "port", "GPU mem.", "estimate")
+    t.columns[1].overflow = "fold"
+    for name, s in result["services"].items():
+        if s.get("shared_with"):
+            t.add_row(
+                name, f"(served by the {s['shared_with']} server)", "", str(s["max_model_len"]), str(s["port"]), "", ""
+            )
+            continue
+        est = s.get("estimate") or {}
+        t.add_row(
+            name,
+            s["model"],
+            str(s.get("quantization_label") or s.get("quantization") or "-"),
+            str(s.get("max_model_len", s.get("dimensions", "")) if name != "embed" else f"{s['dimensions']} dims"),
+            str(s["port"]),
+            f"{s['gpu_memory_utilization']:.2f}" if s.get("gpu_memory_utilization") else "-",
+            f"{est['total_gib']:.1f} GiB" if est else "-",
+        )
+    console.print(t)
+    console.print("[bold]Why[/bold]")
+    for r in result["reasons"]:
+        console.print(f"  - {r}")
+    console.print("[bold]vLLM serve arguments[/bold]")
+    for name, s in result["services"].items():
+        if "args" in s:
+            console.print(f"  {name}: {shlex.join(s['args'])}", soft_wrap=True, highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("plan")(plan_cmd)

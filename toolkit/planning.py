@@ -1,0 +1,85 @@
+"""Planning for the CLI: loads the tier table and inventory overrides, then calls the shared planner."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from toolkit.errors import UsageError
+from toolkit.module_utils.gpu_plan import PlanError, make_plan
+
+TIERS_FILE = Path(str(resources.files("toolkit") / "data" / "tiers.yaml"))
+
+
+def load_tiers(path: Path = TIERS_FILE) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def ports() -> dict:
+    """The service ports, from the one table that also drives Ansible."""
+    return dict(load_tiers()["ports"])
+
+
+def _load_mapping(path: Path, what: str) -> dict:
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UsageError(f"cannot read {what} {path}: {err.strerror}") from None
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as err:
+        first = str(err).splitlines()[0]
+        raise UsageError(
+            f"{what} {path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {first}"
+        ) from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{what} {path} must hold a mapping")
+    return data
+
+
+def load_gpu_inventory(path: Path) -> dict:
+    """A recorded `toolkit detect --json` result."""
+    data = _load_mapping(path, "GPU inventory")
+    gpus = data.get("gpus")
+    if not isinstance(gpus, list):
+        raise UsageError(f"GPU inventory {path} has no 'gpus' list (save one with `toolkit detect --json`)")
+    for i, g in enumerate(gpus):
+        missing = {"index", "name", "memory_total_bytes", "compute_capability"} - set(g)
+        if missing:
+            raise UsageError(f"GPU inventory {path}: gpus[{i}] lacks {', '.join(sorted(missing))}")
+    return data
+
+
+def overrides_from_inventory(inventory: Path, host: str) -> dict:
+    """`toolkit_plan_overrides` for one host, with Ansible's own group/host variable precedence."""
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    if not inventory.exists():
+        raise UsageError(f"inventory {inventory} does not exist")
+    loader = DataLoader()
+    try:
+        inv = InventoryManager(loader=loader, sources=[str(inventory)])
+        h = inv.get_host(host)
+        if h is None:
+            known = ", ".join(sorted(x.name for x in inv.get_hosts())) or "none"
+            raise UsageError(f"host {host!r} is not in inventory {inventory} (hosts: {known})")
+        hv = VariableManager(loader=loader, inventory=inv).get_vars(host=h)
+    except AnsibleError as err:
+        raise UsageError(f"inventory {inventory}: {str(err).splitlines()[0]}") from None
+    ov = hv.get("toolkit_plan_overrides", {}) or {}
+    if not isinstance(ov, dict):
+        raise UsageError(f"toolkit_plan_overrides for {host} must be a mapping")
+    return json.loads(json.dumps(ov, default=str))  # plain types, no Ansible wrappers
+
+
+def plan(facts: dict, overrides: dict | None = None) -> dict:
+    try:
+        return make_plan(facts, load_tiers(), overrides or {})
+    except PlanError as err:
+        raise UsageError(f"cannot plan: {err}") from None
