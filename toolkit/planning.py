@@ -62,6 +62,9 @@ def overrides_from_inventory(inventory: Path, host: str) -> dict:
 
     if not inventory.exists():
         raise UsageError(f"inventory {inventory} does not exist")
+    from ansible import constants as C
+
+    C.INVENTORY_UNPARSED_IS_FAILED = True
     loader = DataLoader()
     try:
         inv = InventoryManager(loader=loader, sources=[str(inventory)])

@@ -1,0 +1,97 @@
+"""`toolkit provision`: ansible-runner driving real Ansible against this machine and real podman hosts."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, require, require_binary
+from fleet import image_available, podman_fleet
+
+TOOLKIT = [sys.executable, "-m", "toolkit"]
+
+
+def run(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*TOOLKIT, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_dirs() -> set[Path]:
+    base = REPO / "artifacts" / "runs"
+    return set(base.iterdir()) if base.exists() else set()
+
+
+def test_malformed_inventory_is_one_line_exit_2_and_writes_nothing(tmp_path):
+    bad = tmp_path / "hosts.yml"
+    bad.write_text("all:\n  hosts: [this is: not: valid\n")
+    before = run_dirs()
+    r = run("provision", "-i", str(bad))
+    assert r.returncode == 2, r.stderr
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert run_dirs() == before
+
+
+def test_unknown_group_in_limit_is_refused(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text("all:\n  hosts:\n    localhost: {ansible_connection: local}\n")
+    r = run("provision", "-i", str(inv), "--limit", "gpu_workstations")
+    assert r.returncode == 2 and "matches no host or group" in r.stderr
+
+
+def test_plan_that_cannot_fit_stops_before_any_change(tmp_path):
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(
+        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+        f"      ansible_python_interpreter: {sys.executable}\n"
+        "      toolkit_plan_overrides: {runtime: cuda}\n")
+    r = run("provision", "-i", str(inv))
+    assert r.returncode == 1
+    assert "planning failed, nothing was changed" in r.stderr
+    assert "runtime 'cuda' was asked for but this host has no usable NVIDIA GPU" in r.stderr
+    newest = max(run_dirs(), key=lambda p: p.stat().st_mtime)
+    assert not (newest / "artifacts" / "converge").exists()  # phase 2 never started
+
+
+def test_unreachable_host_is_named_and_fails(tmp_path):
+    require_binary("ssh")
+    port = free_port()  # nothing listens there: ssh to loopback is refused at once
+    inv = tmp_path / "hosts.yml"
+    inv.write_text(f"all:\n  hosts:\n    ghost:\n      ansible_host: 127.0.0.1\n      ansible_port: {port}\n")
+    r = run("provision", "-i", str(inv))
+    assert r.returncode == 1
+    assert "ghost: unreachable" in r.stderr
+
+
+def test_provision_local_plans_and_keeps_artifacts():
+    r = run("provision", "--json", "--tags", "facts")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    run_dir = Path(summary["run_dir"])
+    plan = json.loads((run_dir / "plans" / "localhost.json").read_text())
+    assert plan["plan"]["runtime"] == "cpu" and plan["gpu"]["status"] == "no-gpu"
+    assert (run_dir / "artifacts" / "converge" / "stdout").exists() and (run_dir / "summary.json").exists()
+
+
+@pytest.mark.podman
+@pytest.mark.slow
+def test_fleet_of_three_podman_hosts_is_planned_and_converged_in_parallel(tmp_path):
+    require_binary("podman")
+    require(image_available(), "needs the test image (.ci/install.d/20-test-image.sh)")
+    with podman_fleet(3, tmp_path) as inv:
+        r = run("provision", "-i", str(inv), "--forks", "3", "--json", "--tags", "facts")
+        assert r.returncode == 0, r.stderr
+        summary = json.loads(r.stdout)
+        assert len(summary["hosts"]) == 3 and all(h["failed"] == 0 for h in summary["hosts"].values())
+        plans = list((Path(summary["run_dir"]) / "plans").glob("*.json"))
+        assert len(plans) == 3
+        for p in plans:
+            assert json.loads(p.read_text())["plan"]["runtime"] == "cpu"

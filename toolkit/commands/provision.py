@@ -1,0 +1,106 @@
+"""`toolkit provision`: plan every host, show the plans, then converge with live progress."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from toolkit import provision
+from toolkit.errors import CheckFailed
+
+
+def _progress_table(tracker: provision.EventTracker) -> Table:
+    t = Table("host", "role", "task", "ok", "changed", "failed", title="provisioning")
+    t.columns[2].overflow = "ellipsis"
+    t.columns[2].max_width = 50
+    for host, s in sorted(tracker.hosts.items()):
+        failed = "[red]unreachable[/red]" if s.unreachable else (f"[red]{s.failed}[/red]" if s.failed else "0")
+        t.add_row(host, s.role or "-", s.task, str(s.ok), str(s.changed), failed)
+    return t
+
+
+def plans_table(plans: dict[str, dict]) -> Table:
+    t = Table("host", "tier", "runtime", "chat", "autocomplete", "embeddings", title="plan")
+    for col in t.columns[3:]:
+        col.overflow = "fold"
+    for host, p in sorted(plans.items()):
+        s = p["services"]
+        auto = s["autocomplete"]
+        t.add_row(host, p["tier"], p["runtime"], f"{s['chat']['model']} :{s['chat']['port']}",
+                  f"(chat server) :{auto['port']}" if auto.get("shared_with") else f"{auto['model']} :{auto['port']}",
+                  f"{s['embed']['backend']} {s['embed']['model']} :{s['embed']['port']}")
+    return t
+
+
+def provision_cmd(
+    inventory: Path = typer.Option(provision.DEFAULT_INVENTORY, "--inventory", "-i",
+                                   help="Ansible inventory (file or directory). Default: this machine."),
+    limit: str = typer.Option(None, "--limit", "-l", help="Only these hosts or groups (Ansible pattern)."),
+    check: bool = typer.Option(False, "--check", help="Dry run: report what would change, change nothing."),
+    diff: bool = typer.Option(False, "--diff", help="Show the changes made (or, with --check, that would be made)."),
+    tags: str = typer.Option(None, "--tags", "-t", help="Only the tasks with these tags (comma-separated)."),
+    forks: int = typer.Option(10, "--forks", "-f", min=1, max=200, help="Hosts converged in parallel."),
+    playbook: str = typer.Option("site.yml", "--playbook", help="Playbook under playbooks/ to run."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run summary as JSON on stdout."),
+) -> None:
+    """Provision the local AI stack on one machine or a fleet, with Ansible (driven by ansible-runner).
+
+    Phase 1 plans every host (GPU detection and model choice on the host itself) and shows the
+    plans; nothing changes if any host cannot be planned. Phase 2 runs playbooks/site.yml with a
+    live hosts x roles view. Plans, events and logs are kept in artifacts/runs/<id>/.
+    Exit 0 when every host converged, 1 when a host failed or was unreachable, 2 on bad input.
+    """
+    hosts = provision.check_inventory(inventory, limit)
+    err = Console(stderr=True)
+    run_dir = provision.new_run_dir()
+    err.print(f"run {run_dir.name}: {len(hosts)} host(s) from {inventory}; artifacts in {run_dir}")
+    plans = provision.plan_hosts(inventory, run_dir, limit=limit, forks=forks)
+    err.print(plans_table(plans))
+
+    live = Live(console=err, refresh_per_second=4, transient=False) if err.is_terminal else None
+    last_roles: dict[str, str] = {}
+
+    def on_change(tracker: provision.EventTracker) -> None:
+        if live:
+            live.update(_progress_table(tracker))
+            return
+        for host, s in tracker.hosts.items():  # plain logs: one line per role a host enters
+            if s.role and last_roles.get(host) != s.role:
+                last_roles[host] = s.role
+                err.print(f"{host}: {s.role}")
+
+    if live:
+        live.start()
+    try:
+        r, tracker = provision.run_playbook(playbook, inventory, run_dir, "converge", limit=limit, tags=tags,
+                                            check=check, diff=diff, forks=forks, on_change=on_change)
+    finally:
+        if live:
+            live.stop()
+    result = provision.RunResult(run_dir, r.rc, r.status, tracker.hosts, plans)
+    (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=2))
+    if as_json:
+        print(json.dumps(result.summary(), indent=2))
+    else:
+        t = Table("host", "ok", "changed", "failed", "result", title=f"summary ({'check mode' if check else 'applied'})")
+        for host, s in sorted(tracker.hosts.items()):
+            res = "unreachable" if s.unreachable else ("FAILED" if s.failed else "ok")
+            t.add_row(host, str(s.ok), str(s.changed), str(s.failed), res)
+        Console().print(t)
+    for host in result.failed_hosts:
+        for e in tracker.hosts[host].errors[:3]:
+            err.print(f"[red]{host}[/red]: {e}", highlight=False)
+    if r.rc != 0 or result.failed_hosts:
+        raise CheckFailed(f"{len(result.failed_hosts) or 'some'} host(s) failed (ansible rc {r.rc}); "
+                          f"see {run_dir}/artifacts/converge/stdout")
+    sys.stderr.flush()
+
+
+def register(app: typer.Typer) -> None:
+    app.command("provision")(provision_cmd)

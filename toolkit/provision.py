@@ -1,0 +1,215 @@
+"""Provisioning through ansible-runner: plan every host first, then converge, with live progress.
+
+A run lives in its own directory (``artifacts/runs/<id>/``): the plans of every host
+(``plans/<host>.json``), ansible-runner's artifacts (events, stdout, status, rc) for both phases,
+and ``summary.json``. Nothing is written outside it on the controller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from toolkit.errors import CheckFailed, EnvironmentProblem, UsageError
+
+REPO = Path(__file__).resolve().parent.parent
+PLAYBOOKS = REPO / "playbooks"
+DEFAULT_INVENTORY = REPO / "inventories" / "local"
+RUNS_DIR = REPO / "artifacts" / "runs"
+
+
+@dataclass
+class HostState:
+    """What one host is doing now and what it did."""
+
+    role: str = ""
+    task: str = ""
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    skipped: int = 0
+    unreachable: bool = False
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    rc: int
+    status: str
+    hosts: dict[str, HostState]
+    plans: dict[str, dict]
+
+    @property
+    def failed_hosts(self) -> list[str]:
+        return sorted(h for h, s in self.hosts.items() if s.failed or s.unreachable)
+
+    def summary(self) -> dict:
+        return {
+            "run_dir": str(self.run_dir),
+            "rc": self.rc,
+            "status": self.status,
+            "hosts": {h: asdict(s) for h, s in sorted(self.hosts.items())},
+        }
+
+
+class EventTracker:
+    """Folds ansible-runner events into per-host state; calls ``on_change`` after each update."""
+
+    def __init__(self, on_change: Callable[[EventTracker], None] | None = None) -> None:
+        self.hosts: dict[str, HostState] = {}
+        self.facts: dict[str, dict] = {}
+        self.on_change = on_change
+
+    def __call__(self, event: dict) -> bool:
+        kind = event.get("event", "")
+        data = event.get("event_data", {}) or {}
+        host = data.get("host")
+        if host and kind.startswith("runner_on_"):
+            st = self.hosts.setdefault(host, HostState())
+            st.role = data.get("role") or st.role
+            st.task = data.get("task") or st.task
+            res = data.get("res", {}) or {}
+            if kind == "runner_on_start":
+                pass
+            elif kind == "runner_on_ok":
+                st.ok += 1
+                st.changed += bool(res.get("changed"))
+                if "ansible_facts" in res:
+                    self.facts.setdefault(host, {}).update(res["ansible_facts"])
+            elif kind == "runner_on_failed" and not data.get("ignore_errors"):
+                st.failed += 1
+                st.errors.append(f"{data.get('task')}: {_one_line(res.get('msg') or res.get('stderr') or res)}")
+            elif kind == "runner_on_unreachable":
+                st.unreachable = True
+                st.errors.append(f"unreachable: {_one_line(res.get('msg') or res)}")
+            elif kind == "runner_on_skipped":
+                st.skipped += 1
+            if self.on_change:
+                self.on_change(self)
+        return True  # keep the event in the artifacts
+
+
+def _one_line(value: object) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def check_inventory(inventory: Path, limit: str | None) -> list[str]:
+    """Parse the inventory with Ansible itself; return the hosts the run will touch, or raise UsageError."""
+    from ansible import constants as C
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+
+    if not inventory.exists():
+        raise UsageError(f"inventory {inventory} does not exist")
+    # Ansible only warns about an inventory no plugin can parse and then runs on no hosts; fail instead.
+    C.INVENTORY_UNPARSED_IS_FAILED = True
+    C.INVENTORY_ANY_UNPARSED_IS_FAILED = True
+    try:
+        # Ansible prints each plugin's failure with a traceback; the one-line error below says it all.
+        with contextlib.redirect_stderr(io.StringIO()):
+            inv = InventoryManager(loader=DataLoader(), sources=[str(inventory)])
+            hosts = [h.name for h in (inv.get_hosts(pattern=limit) if limit else inv.get_hosts())]
+    except AnsibleError as err:
+        raise UsageError(f"inventory {inventory}: {_one_line(str(err).splitlines()[0])}") from None
+    if not hosts:
+        if limit:
+            raise UsageError(f"--limit {limit!r} matches no host or group in {inventory}")
+        raise UsageError(f"inventory {inventory} has no hosts")
+    return sorted(hosts)
+
+
+def _envvars() -> dict[str, str]:
+    venv_bin = str(Path(sys.executable).parent)
+    return {
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+        "ANSIBLE_LIBRARY": str(REPO / "library"),
+        "ANSIBLE_MODULE_UTILS": str(REPO / "toolkit" / "module_utils"),
+        "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
+        "ANSIBLE_FORCE_COLOR": "0",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+
+
+def new_run_dir(base: Path = RUNS_DIR) -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for n in range(100):
+        d = base / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            d.mkdir(parents=True)
+            return d
+        except FileExistsError:
+            continue
+    raise EnvironmentProblem(f"cannot create a run directory under {base}")
+
+
+def run_playbook(
+    playbook: str,
+    inventory: Path,
+    run_dir: Path,
+    ident: str,
+    *,
+    limit: str | None = None,
+    tags: str | None = None,
+    check: bool = False,
+    diff: bool = False,
+    forks: int = 10,
+    extravars: dict | None = None,
+    on_change: Callable[[EventTracker], None] | None = None,
+) -> tuple[object, EventTracker]:
+    """One ansible-runner run of a playbook from playbooks/; events go to the tracker and the run's artifacts."""
+    import ansible_runner
+
+    cmd = []
+    if check:
+        cmd.append("--check")
+    if diff:
+        cmd.append("--diff")
+    if tags:
+        cmd += ["--tags", tags]
+    tracker = EventTracker(on_change)
+    r = ansible_runner.run(
+        private_data_dir=str(run_dir),
+        ident=ident,
+        project_dir=str(PLAYBOOKS),
+        playbook=playbook,
+        inventory=str(inventory.resolve()),
+        limit=limit,
+        forks=forks,
+        cmdline=" ".join(cmd) or None,
+        envvars=_envvars(),
+        extravars=extravars or {},
+        event_handler=tracker,
+        quiet=True,
+        suppress_env_files=True,  # env/ would hold extravars and envvars: keep secrets off disk
+    )
+    return r, tracker
+
+
+def plan_hosts(inventory: Path, run_dir: Path, limit: str | None = None, forks: int = 10) -> dict[str, dict]:
+    """Phase 1: gpu_facts on every host; no changes. Raises CheckFailed naming each host that cannot be planned."""
+    r, tracker = run_playbook("plan.yml", inventory, run_dir, "plan", limit=limit, forks=forks)
+    plans_dir = run_dir / "plans"
+    plans_dir.mkdir(exist_ok=True)
+    plans = {}
+    for host, facts in tracker.facts.items():
+        if "toolkit_plan" in facts:
+            plans[host] = facts["toolkit_plan"]
+            (plans_dir / f"{host}.json").write_text(json.dumps({"gpu": facts.get("toolkit_gpu"), "plan": plans[host]},
+                                                               indent=2))
+    bad = {h: s for h, s in tracker.hosts.items() if s.failed or s.unreachable}
+    if bad or r.rc != 0:
+        lines = [f"{h}: {'; '.join(s.errors) or 'failed'}" for h, s in sorted(bad.items())]
+        raise CheckFailed("planning failed, nothing was changed: " + (" | ".join(lines) or f"ansible rc {r.rc}"))
+    return plans
