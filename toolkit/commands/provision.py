@@ -88,7 +88,8 @@ def provision_cmd(
     if as_json:
         print(json.dumps(result.summary(), indent=2))
     else:
-        t = Table("host", "ok", "changed", "failed", "result", title=f"summary ({'check mode' if check else 'applied'})")
+        mode = "check mode" if check else "applied"
+        t = Table("host", "ok", "changed", "failed", "result", title=f"summary ({mode})")
         for host, s in sorted(tracker.hosts.items()):
             res = "unreachable" if s.unreachable else ("FAILED" if s.failed else "ok")
             t.add_row(host, str(s.ok), str(s.changed), str(s.failed), res)
