@@ -1,0 +1,247 @@
+"""HTTP calls to the OpenAI-compatible endpoints, and the translation of their failures.
+
+Every failure becomes an EnvironmentProblem (exit 3) with one line that names the endpoint and
+says what went wrong: down (nothing listens), refused the key, or answered something that is not
+an OpenAI answer. A bench that cannot measure must not print numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import httpx
+
+from toolkit.bench.endpoints import Endpoint, Endpoints
+from toolkit.errors import EnvironmentProblem
+
+
+class EndpointDown(EnvironmentProblem):
+    """Nothing answers at the endpoint (connection refused, DNS, timeout)."""
+
+
+class BadAnswer(EnvironmentProblem):
+    """The endpoint answered, but not as an OpenAI-compatible server serving that model would."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """An endpoint with the model name the server really lists."""
+
+    endpoint: Endpoint
+    model: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.endpoint.role} endpoint {self.endpoint.root}"
+
+
+def headers(api_key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+def _short(text: str, limit: int = 120) -> str:
+    one = " ".join(text.split())
+    return one if len(one) <= limit else one[: limit - 3] + "..."
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        err = resp.json().get("error")
+        if isinstance(err, dict) and err.get("message"):
+            return _short(str(err["message"]))
+        if isinstance(err, str):
+            return _short(err)
+    except (ValueError, AttributeError):
+        pass
+    return _short(resp.text) or "(empty body)"
+
+
+def check_status(resp: httpx.Response, label: str, what: str) -> None:
+    """Raise the right one-line error for a non-200 answer."""
+    if resp.status_code == 200:
+        return
+    if resp.status_code == 401:
+        raise BadAnswer(
+            f"{label} refused the API key (HTTP 401) on {what}: pass --api-key-file or set $TOOLKIT_API_KEY"
+        )
+    raise BadAnswer(f"{label} answered HTTP {resp.status_code} to {what}: {_error_message(resp)}")
+
+
+def down(err: httpx.HTTPError, label: str) -> EnvironmentProblem:
+    if isinstance(err, httpx.TimeoutException):
+        return EndpointDown(f"{label} did not answer in time ({type(err).__name__})")
+    if isinstance(err, httpx.ConnectError):
+        return EndpointDown(f"{label} is down: {_short(str(err)) or 'connection refused'}")
+    return EndpointDown(f"{label}: {type(err).__name__}: {_short(str(err))}")
+
+
+def _json(resp: httpx.Response, label: str, what: str) -> dict:
+    try:
+        data = resp.json()
+    except ValueError:
+        raise BadAnswer(f"{label} answered {what} with something that is not JSON: {_short(resp.text, 60)!r}") from None
+    if not isinstance(data, dict):
+        raise BadAnswer(f"{label} answered {what} with JSON that is not an object")
+    return data
+
+
+def resolve(client: httpx.Client, endpoints: Endpoints, api_key: str | None) -> dict[str, Resolved]:
+    """Check every endpoint answers /v1/models and serves its model; role -> Resolved."""
+    out = {}
+    for ep in endpoints.all():
+        label = f"{ep.role} endpoint {ep.root}"
+        try:
+            resp = client.get(f"{ep.api}/models", headers=headers(api_key))
+        except httpx.HTTPError as err:
+            raise down(err, label) from None
+        check_status(resp, label, "GET /v1/models")
+        data = _json(resp, label, "GET /v1/models")
+        listed = data.get("data")
+        if not isinstance(listed, list) or not all(isinstance(m, dict) and "id" in m for m in listed):
+            raise BadAnswer(f"{label} answered GET /v1/models without an OpenAI model list")
+        served = [str(m["id"]) for m in listed]
+        # Ollama lists "nomic-embed-text:latest" for a model pulled as "nomic-embed-text".
+        match = next((s for name in ep.models for s in served if s in (name, f"{name}:latest")), None)
+        if match is None:
+            raise BadAnswer(
+                f"{label} does not serve model {' or '.join(map(repr, ep.models))} "
+                f"(it serves: {', '.join(served) or 'nothing'})"
+            )
+        out[ep.role] = Resolved(ep, match)
+    return out
+
+
+class Tally:
+    """What the client sent per server root, to set beside what the server counted.
+
+    vLLM counts one finished request per completion and one per embedded input.
+    """
+
+    def __init__(self) -> None:
+        self.requests: Counter[str] = Counter()
+        self.generation_tokens: Counter[str] = Counter()
+
+    def reset(self) -> None:
+        self.requests.clear()
+        self.generation_tokens.clear()
+
+
+class Api:
+    """Async calls that return timings; one httpx.AsyncClient for the whole run."""
+
+    def __init__(self, client: httpx.AsyncClient, api_key: str | None, tally: Tally | None = None) -> None:
+        self.client = client
+        self.headers = headers(api_key)
+        self.tally = tally or Tally()
+
+    async def _post(self, r: Resolved, path: str, body: dict) -> tuple[dict, float]:
+        start = time.perf_counter()
+        try:
+            resp = await self.client.post(f"{r.endpoint.api}{path}", json=body, headers=self.headers)
+        except httpx.HTTPError as err:
+            raise down(err, r.label) from None
+        elapsed = time.perf_counter() - start
+        check_status(resp, r.label, f"POST /v1{path}")
+        return _json(resp, r.label, f"POST /v1{path}"), elapsed
+
+    async def complete(self, r: Resolved, prompt: str, max_tokens: int) -> dict[str, float]:
+        """One autocomplete request as an editor sends it; latency is the whole answer."""
+        body = {"model": r.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}
+        data, elapsed = await self._post(r, "/completions", body)
+        choices = data.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0].get("text"), str):
+            raise BadAnswer(f"{r.label} answered POST /v1/completions without choices[0].text")
+        tokens = int((data.get("usage") or {}).get("completion_tokens") or 0)
+        self.tally.requests[r.endpoint.root] += 1
+        self.tally.generation_tokens[r.endpoint.root] += tokens
+        return {"latency_ms": elapsed * 1000.0, "tokens": float(tokens)}
+
+    async def chat(self, r: Resolved, prompt: str, max_tokens: int) -> dict[str, float]:
+        """One streamed chat answer: time to first token, and decode speed after it.
+
+        ``ignore_eos`` makes every answer max_tokens long, as vLLM's own serving benchmark does,
+        so decode speed is measured over the same number of tokens every time.
+        """
+        body = {
+            "model": r.model,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens,
+            "temperature": 0.0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "ignore_eos": True,
+        }
+        what = "POST /v1/chat/completions (stream)"
+        start = time.perf_counter()
+        first = last = None
+        chunks = 0
+        usage_tokens = None
+        try:
+            async with self.client.stream(
+                "POST", f"{r.endpoint.api}/chat/completions", json=body, headers=self.headers
+            ) as resp:
+                if resp.status_code != 200:
+                    await resp.aread()
+                    check_status(resp, r.label, what)
+                async for line in resp.aiter_lines():
+                    if not line.strip():
+                        continue
+                    if not line.startswith("data:"):
+                        continue  # SSE comments and event names carry no tokens
+                    payload = line[5:].strip()
+                    if payload == "[DONE]":
+                        break
+                    try:
+                        event = json.loads(payload)
+                    except ValueError:
+                        raise BadAnswer(
+                            f"{r.label} streamed a chunk that is not JSON: {_short(payload, 60)!r}"
+                        ) from None
+                    if not isinstance(event, dict):
+                        raise BadAnswer(f"{r.label} streamed a chunk that is not a JSON object")
+                    if isinstance(event.get("usage"), dict):
+                        usage_tokens = event["usage"].get("completion_tokens")
+                    for choice in event.get("choices") or []:
+                        delta = choice.get("delta") or {}
+                        # vLLM sends one chunk per token; the opening chunk only carries the role,
+                        # and a token that ends mid-character carries "" - still a token.
+                        if "content" in delta and (delta.get("content") or "role" not in delta):
+                            now = time.perf_counter()
+                            first = first if first is not None else now
+                            last = now
+                            chunks += 1
+        except httpx.HTTPError as err:
+            raise down(err, r.label) from None
+        end = time.perf_counter()
+        if first is None:
+            raise BadAnswer(f"{r.label} streamed no tokens for {what}")
+        tokens = int(usage_tokens) if isinstance(usage_tokens, (int, float)) else chunks
+        self.tally.requests[r.endpoint.root] += 1
+        self.tally.generation_tokens[r.endpoint.root] += tokens
+        out = {"ttft_ms": (first - start) * 1000.0, "latency_ms": (end - start) * 1000.0, "tokens": float(tokens)}
+        if tokens > 1 and last is not None and last > first:
+            # The first token's time belongs to TTFT; decode is the rest.
+            out["decode_tps"] = (tokens - 1) / (last - first)
+        return out
+
+    async def embed(self, r: Resolved, inputs: list[str]) -> tuple[list[list[float]], float]:
+        """Vectors for ``inputs`` and the seconds it took; too-long inputs are cut to the model's length."""
+        body = {"model": r.model, "input": inputs, "truncate_prompt_tokens": -1}
+        data, elapsed = await self._post(r, "/embeddings", body)
+        items = data.get("data")
+        if not isinstance(items, list) or len(items) != len(inputs):
+            raise BadAnswer(f"{r.label} answered POST /v1/embeddings without one embedding per input")
+        vectors: list[list[float]] = [[]] * len(inputs)
+        for item in items:
+            vec = item.get("embedding") if isinstance(item, dict) else None
+            idx = item.get("index", 0) if isinstance(item, dict) else 0
+            if not isinstance(vec, list) or not vec or not isinstance(vec[0], (int, float)):
+                raise BadAnswer(f"{r.label} answered POST /v1/embeddings with an embedding that is not numbers")
+            if not isinstance(idx, int) or not 0 <= idx < len(inputs):
+                raise BadAnswer(f"{r.label} answered POST /v1/embeddings with a bad index {idx!r}")
+            vectors[idx] = vec
+        self.tally.requests[r.endpoint.root] += len(inputs)
+        return vectors, elapsed

@@ -1,0 +1,161 @@
+"""`toolkit bench`: measure the deployed stack against the seed's SLOs."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from toolkit.bench import endpoints as ep_mod
+from toolkit.bench import report, runner, workloads
+from toolkit.errors import CheckFailed, UsageError
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"--concurrency {text!r}: give comma-separated whole numbers such as 1,4") from None
+    if not levels or any(c < 1 for c in levels):
+        raise UsageError(f"--concurrency {text!r}: every level must be 1 or more")
+    return tuple(dict.fromkeys(levels))
+
+
+def bench_cmd(
+    plan: Path = typer.Option(
+        None,
+        "--plan",
+        help="A saved plan (`toolkit plan --json > plan.json`, JSON or "
+        "YAML): the endpoints are 127.0.0.1 (or --host) on its ports, with its model names.",
+    ),
+    host: str = typer.Option("127.0.0.1", "--host", help="Host for the plan's ports (e.g. a tunnelled workstation)."),
+    chat_url: str = typer.Option(None, "--chat-url", help="Chat server base URL, e.g. http://127.0.0.1:8000/v1."),
+    autocomplete_url: str = typer.Option(None, "--autocomplete-url", help="Autocomplete server base URL."),
+    embed_url: str = typer.Option(None, "--embed-url", help="Embedding server base URL (vLLM or Ollama)."),
+    chat_model: str = typer.Option("chat", "--chat-model", help="Model name for chat, with the URL options."),
+    autocomplete_model: str = typer.Option(
+        "autocomplete", "--autocomplete-model", help="Model name for autocomplete, with the URL options."
+    ),
+    embed_model: str = typer.Option("embed", "--embed-model", help="Model name for embeddings, with the URL options."),
+    api_key_file: Path = typer.Option(
+        None,
+        "--api-key-file",
+        help="File holding the servers' API key (one line, "
+        "mode 600). Default: $TOOLKIT_API_KEY, then $VLLM_API_KEY, else no key.",
+    ),
+    concurrency: str = typer.Option(
+        "1,4",
+        "--concurrency",
+        help="Concurrency levels, comma-separated; every workload runs at each and every SLO is judged at each.",
+    ),
+    requests: int = typer.Option(20, "--requests", min=1, help="Measured requests per workload and level."),
+    warmup: int = typer.Option(2, "--warmup", min=0, help="Unmeasured requests per workload before measuring."),
+    max_tokens: int = typer.Option(
+        workloads.AUTOCOMPLETE_MAX_TOKENS, "--max-tokens", min=1, help="Autocomplete max_tokens (the seed's value)."
+    ),
+    chat_max_tokens: int = typer.Option(
+        workloads.CHAT_MAX_TOKENS,
+        "--chat-max-tokens",
+        min=2,
+        help="Tokens per chat answer (decode speed is measured over them).",
+    ),
+    top_k: int = typer.Option(workloads.SEARCH_TOP_K, "--top-k", min=1, help="Hits per codebase search."),
+    code_tree: Path = typer.Option(
+        None, "--code-tree", help="Code tree to index for search (default: the toolkit's own repository)."
+    ),
+    out: Path = typer.Option(
+        None, "--out", help="Directory for bench.json and latency.html (default: ./bench-results/<UTC time>)."
+    ),
+    timeout: float = typer.Option(120.0, "--timeout", min=1.0, help="Seconds one request may take."),
+    as_json: bool = typer.Option(False, "--json", help="Print the JSON report on stdout instead of tables."),
+) -> None:
+    """Measure autocomplete latency, chat time to first token and decode speed, embedding latency and
+    codebase search latency (LanceDB over a real code tree) against the seed's SLOs.
+
+    \b
+    SLOs (each judged at every concurrency level):
+      autocomplete latency      p95 < 300 ms   (max_tokens 64 by default)
+      chat time to first token  p95 < 5000 ms  (streamed)
+      chat decode speed         p5 >= 20 tokens/s
+      codebase search latency   p95 < 200 ms   (embed the query + LanceDB top-k)
+
+    Warms up first, then reads vLLM's /metrics before and after to show what the servers
+    counted beside what the client measured. Writes bench.json and latency.html (a
+    self-contained plot) to --out.
+
+    \b
+    Exit codes: 0 every SLO passed; 1 an SLO failed; 2 bad arguments or plan file;
+    3 an endpoint is down or answers wrongly (wrong model, bad key, not an OpenAI answer).
+    """
+    levels = _levels(concurrency)
+    urls = (chat_url, autocomplete_url, embed_url)
+    if plan is not None and any(urls):
+        raise UsageError("give either --plan or the --*-url options, not both")
+    if plan is not None:
+        endpoints = ep_mod.from_plan(ep_mod.load_plan(plan), host)
+    elif all(urls):
+        endpoints = ep_mod.from_urls(chat_url, autocomplete_url, embed_url, chat_model, autocomplete_model, embed_model)
+    else:
+        raise UsageError("give --plan FILE, or all of --chat-url, --autocomplete-url and --embed-url")
+    if code_tree is not None and not code_tree.is_dir():
+        raise UsageError(f"--code-tree {code_tree} is not a directory")
+    err = Console(stderr=True)
+    api_key, warning = ep_mod.read_api_key(api_key_file)
+    if warning:
+        err.print(f"toolkit: warning: {warning}", highlight=False)
+    settings = runner.Settings(
+        concurrency=levels,
+        requests=requests,
+        warmup=warmup,
+        autocomplete_max_tokens=max_tokens,
+        chat_max_tokens=chat_max_tokens,
+        top_k=top_k,
+        code_tree=code_tree,
+        timeout_s=timeout,
+    )
+    out_dir = out or Path("bench-results") / datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
+    ) as bar:
+
+        def progress(label: str, total: int):
+            task = bar.add_task(label, total=total)
+            return lambda: bar.advance(task)
+
+        result = runner.run(endpoints, api_key, settings, progress)
+
+    doc = report.build(result)
+    json_path, plot_path = out_dir / "bench.json", out_dir / "latency.html"
+    try:
+        report.write_atomic(json_path, report.to_json(doc))
+        report.write_atomic(plot_path, report.plot_html(doc))
+    except OSError as e:
+        raise UsageError(f"cannot write to {out_dir}: {e.strerror}") from None
+
+    if as_json:
+        sys.stdout.write(report.to_json(doc))
+    else:
+        console = Console()
+        console.print(report.slo_table(doc))
+        console.print(report.measurements_table(doc))
+        console.print(report.servers_table(doc))
+        for line in report.search_lines(doc):
+            console.print(line, highlight=False)
+        console.print(f"Wrote {json_path} and {plot_path}", highlight=False)
+    if not doc["passed"]:
+        failed = [f"{v['name']} at concurrency {v['concurrency']}" for v in doc["slos"] if not v["passed"]]
+        raise CheckFailed(f"{len(failed)} of {len(doc['slos'])} SLO checks failed: {'; '.join(failed)}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("bench")(bench_cmd)
