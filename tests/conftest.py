@@ -38,3 +38,8 @@ def require_binary(name: str) -> str:
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+# Session-wide real vLLM servers (tests/vllm_servers.py); imported here so that every test module
+# shares one pair instead of starting its own.
+from vllm_servers import vllm_servers  # noqa: E402, F401

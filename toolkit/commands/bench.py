@@ -92,6 +92,8 @@ def bench_cmd(
     3 an endpoint is down or answers wrongly (wrong model, bad key, not an OpenAI answer).
     """
     levels = _levels(concurrency)
+    if code_tree is not None and not code_tree.is_dir():
+        raise UsageError(f"--code-tree {code_tree} is not a directory")
     urls = (chat_url, autocomplete_url, embed_url)
     if plan is not None and any(urls):
         raise UsageError("give either --plan or the --*-url options, not both")
@@ -101,8 +103,6 @@ def bench_cmd(
         endpoints = ep_mod.from_urls(chat_url, autocomplete_url, embed_url, chat_model, autocomplete_model, embed_model)
     else:
         raise UsageError("give --plan FILE, or all of --chat-url, --autocomplete-url and --embed-url")
-    if code_tree is not None and not code_tree.is_dir():
-        raise UsageError(f"--code-tree {code_tree} is not a directory")
     err = Console(stderr=True)
     api_key, warning = ep_mod.read_api_key(api_key_file)
     if warning:
