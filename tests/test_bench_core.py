@@ -106,6 +106,7 @@ vllm:time_to_first_token_seconds_bucket{engine="0",le="1.0",model_name="chat"} 5
 vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="chat"} 5.0
 vllm:time_to_first_token_seconds_count{engine="0",model_name="chat"} 5.0
 vllm:time_to_first_token_seconds_sum{engine="0",model_name="chat"} 0.5
+vllm:request_decode_time_seconds_sum{engine="0",model_name="chat"} 1.0
 python_info{implementation="CPython",version="3.11.7"} 1.0
 """
 AFTER = """\
@@ -118,6 +119,7 @@ vllm:time_to_first_token_seconds_bucket{engine="0",le="1.0",model_name="chat"} 1
 vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="chat"} 15.0
 vllm:time_to_first_token_seconds_count{engine="0",model_name="chat"} 15.0
 vllm:time_to_first_token_seconds_sum{engine="0",model_name="chat"} 3.5
+vllm:request_decode_time_seconds_sum{engine="0",model_name="chat"} 5.0
 """
 
 
@@ -130,6 +132,9 @@ def test_metrics_deltas_sum_over_labels_and_subtract_the_before_scrape():
     # Prometheus histogram_quantile: the 5th of 10 lies in (0.01, 0.1], 5/6 of the way through.
     assert v.ttft.quantile(0.5) == pytest.approx(0.01 + 0.09 * 5 / 6)
     assert v.ttft.quantile(0.95) == pytest.approx(0.1 + 0.9 * 3.5 / 4)
+    # 640 tokens for 10 requests: 630 came after a first token, decoded in 4 s.
+    assert v.decode_s == pytest.approx(4.0)
+    assert v.decode_tokens_per_s == pytest.approx(157.5)
 
 
 def test_metrics_parser_reads_labels_with_escapes_and_rejects_a_non_metrics_page():
@@ -281,7 +286,7 @@ def _result() -> BenchResult:
         ]
     h = metrics.histogram(metrics.parse(AFTER), metrics.TTFT)
     r.servers = [
-        ServerReport("http://127.0.0.1:8000", ["chat", "autocomplete"], 12, 700, ServerView(12, 700, h)),
+        ServerReport("http://127.0.0.1:8000", ["chat", "autocomplete"], 12, 700, ServerView(12, 700, h, 17.2)),
         ServerReport("http://127.0.0.1:11434", ["embed"], 12, 0, None),
     ]
     r.search = SearchInfo("/src", 3, 10, 384, 1.5, 5, "q", [search.Hit("a.py", 1, 30, 0.5)])

@@ -115,9 +115,11 @@ def test_server_metrics_deltas_equal_the_requests_the_bench_sent(table_run, vllm
         sum(m["metrics"]["tokens"]["values"]) for m in doc["measurements"] if m["workload"] in ("autocomplete", "chat")
     )
     assert gen["client"]["generation_tokens"] == tokens == gen["server"]["generation_tokens"]
+    assert gen["server"]["decode_tokens_per_s"] > 0
     # Embedder: one input per embedding request and per search query; vLLM counts each input.
     assert emb["client"]["requests"] == emb["server"]["requests"] == 2 * REQUESTS * len(LEVELS)
     assert emb["server"]["generation_tokens"] == 0
+    assert emb["server"]["decode_tokens_per_s"] is None
 
 
 def test_search_indexed_the_code_tree_and_hits_are_its_files(table_run):

@@ -16,6 +16,7 @@ import httpx
 REQUESTS = "vllm:request_success_total"
 GENERATION_TOKENS = "vllm:generation_tokens_total"
 TTFT = "vllm:time_to_first_token_seconds"
+DECODE_TIME = "vllm:request_decode_time_seconds"
 
 _LINE = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)(?:\s+\S+)?$")
 _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
@@ -66,6 +67,13 @@ class ServerView:
     requests: float
     generation_tokens: float
     ttft: Histogram
+    decode_s: float  # summed decode phase of the finished requests (first token to last)
+
+    @property
+    def decode_tokens_per_s(self) -> float | None:
+        """Mean decode speed the server saw: tokens after each request's first, over decode time."""
+        tokens = self.generation_tokens - self.requests
+        return tokens / self.decode_s if self.decode_s > 0 and tokens > 0 else None
 
 
 def _unescape(value: str) -> str:
@@ -124,6 +132,7 @@ def view(before: list[MetricSample], after: list[MetricSample]) -> ServerView:
         requests=total(after, REQUESTS) - total(before, REQUESTS),
         generation_tokens=total(after, GENERATION_TOKENS) - total(before, GENERATION_TOKENS),
         ttft=histogram(after, TTFT).minus(histogram(before, TTFT)),
+        decode_s=histogram(after, DECODE_TIME).sum - histogram(before, DECODE_TIME).sum,
     )
 
 

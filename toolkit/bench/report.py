@@ -132,7 +132,7 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "client": {"type": "object", "required": ["requests", "generation_tokens"]},
                     "server": {
                         "type": ["object", "null"],
-                        "required": ["requests", "generation_tokens", "ttft"],
+                        "required": ["requests", "generation_tokens", "decode_tokens_per_s", "ttft"],
                         "properties": {
                             "ttft": {"type": "object", "required": ["count", "mean_ms", "p50_ms", "p95_ms"]}
                         },
@@ -199,6 +199,7 @@ def build(result: BenchResult) -> dict[str, Any]:
             view = {
                 "requests": srv.server.requests,
                 "generation_tokens": srv.server.generation_tokens,
+                "decode_tokens_per_s": srv.server.decode_tokens_per_s,
                 "ttft": {
                     "count": h.count,
                     "mean_ms": _ms(h.sum / h.count) if h.count else None,
@@ -330,24 +331,14 @@ def measurements_table(doc: dict[str, Any]) -> Table:
 
 def servers_table(doc: dict[str, Any]) -> Table:
     t = Table(title="What the client sent vs what the server counted (/metrics deltas)", title_justify="left")
-    for col in (
-        "server",
-        "serves",
-        "requests client/server",
-        "gen. tokens client/server",
-        "server TTFT mean / p50 / p95 (ms)",
-    ):
+    for col in ("server", "serves", "requests", "gen. tokens", "server TTFT ms", "server decode"):
         t.add_column(col, overflow="fold")
+    t.add_row("", "", "client / server", "client / server", "mean / p50 / p95", "tokens/s", style="dim")
     for s in doc["servers"]:
         c, v = s["client"], s["server"]
         if v is None:
-            t.add_row(
-                s["url"],
-                ", ".join(s["roles"]),
-                f"{c['requests']} / -",
-                f"{c['generation_tokens']} / -",
-                "no vLLM /metrics",
-            )
+            t.add_row(s["url"], ", ".join(s["roles"]), f"{c['requests']} / -", f"{c['generation_tokens']} / -",
+                      "no vLLM /metrics", "-")  # fmt: skip
             continue
         tt = v["ttft"]
         t.add_row(
@@ -356,6 +347,7 @@ def servers_table(doc: dict[str, Any]) -> Table:
             f"{c['requests']} / {v['requests']:g}",
             f"{c['generation_tokens']} / {v['generation_tokens']:g}",
             f"{_fmt(tt['mean_ms'])} / {_fmt(tt['p50_ms'])} / {_fmt(tt['p95_ms'])}",
+            _fmt(v["decode_tokens_per_s"]),
         )
     return t
 
@@ -410,18 +402,22 @@ def _ecdf_svg(series: list[tuple[str, list[float]]], unit: str, threshold: float
             f'<line x1="{x(t):.1f}" y1="{_T + ph}" x2="{x(t):.1f}" y2="{_T + ph + 4}" stroke="#555"/>'
             f'<text x="{x(t):.1f}" y="{_T + ph + 16}" font-size="11" text-anchor="middle">{t:g}</text>'
         )
-    for f in (0, 0.5, 0.95, 1):
+    for f in (0, 0.5, 0.95):
         parts.append(
             f'<line x1="{_L}" y1="{y(f):.1f}" x2="{_L + pw}" y2="{y(f):.1f}" stroke="#ddd"/>'
             f'<text x="{_L - 6}" y="{y(f) + 4:.1f}" font-size="11" text-anchor="end">{f:g}</text>'
         )
     parts.append(f'<text x="{_L + pw / 2}" y="{_H - 4}" font-size="12" text-anchor="middle">{html.escape(unit)}</text>')
     if threshold is not None:
+        tx = x(threshold)
+        # The label goes on whichever side of the line has room.
+        lx, anchor = (tx - 4, "end") if tx > _L + pw * 0.8 else (tx + 4, "start")
         parts.append(
-            f'<line class="slo" x1="{x(threshold):.1f}" y1="{_T}" x2="{x(threshold):.1f}" '
-            f'y2="{_T + ph}" stroke="#000" stroke-dasharray="6 4"/>'
-            f'<text x="{x(threshold) + 4:.1f}" y="{_T + 12}" font-size="11">SLO {threshold:g}</text>'
+            f'<line class="slo" x1="{tx:.1f}" y1="{_T}" x2="{tx:.1f}" y2="{_T + ph}" stroke="#000" '
+            f'stroke-dasharray="6 4"/><text x="{lx:.1f}" y="{_T + 12}" font-size="11" text-anchor="{anchor}">'
+            f"SLO {threshold:g}</text>"
         )
+    legend_y = _T + ph - 8 - 16 * len(series)
     for i, (name, values) in enumerate(series):
         vs = sorted(values)
         pts = [(x(0), y(0))]
@@ -434,8 +430,8 @@ def _ecdf_svg(series: list[tuple[str, list[float]]], unit: str, threshold: float
             + '"/>'
         )
         parts.append(
-            f'<rect x="{_L + 8}" y="{_T + 8 + 16 * i}" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{_L + 22}" y="{_T + 17 + 16 * i}" font-size="11">{html.escape(name)} '
+            f'<rect x="{_L + pw - 150}" y="{legend_y + 16 * i}" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{_L + pw - 136}" y="{legend_y + 9 + 16 * i}" font-size="11">{html.escape(name)} '
             f"(n={len(vs)})</text>"
         )
     parts.append("</svg>")

@@ -35,7 +35,7 @@ def no_progress(label: str, total: int) -> Callable[[], None]:
 class Settings:
     concurrency: tuple[int, ...] = (1, 4)
     requests: int = 20
-    warmup: int = 2
+    warmup: int = 2  # rounds: warmup x c unmeasured requests at each level c
     autocomplete_max_tokens: int = workloads.AUTOCOMPLETE_MAX_TOKENS
     chat_max_tokens: int = workloads.CHAT_MAX_TOKENS
     top_k: int = workloads.SEARCH_TOP_K
@@ -158,9 +158,12 @@ async def _run(endpoints: Endpoints, api_key: str | None, s: Settings, progress:
             index = await search.build(api, res["embed"], tree, db_dir, on_batch)
             fns = _request_fns(api, res, s, index)
 
-            step = progress("warm-up", s.warmup * len(WORKLOADS))
+            # Warm-up rounds at every level: a batch size the server has not seen yet can stall
+            # (CPU builds compile kernels per shape), and that stall is not what users live with.
+            step = progress("warm-up", s.warmup * sum(s.concurrency) * len(WORKLOADS))
             for name in WORKLOADS:
-                await run_level(fns[name], s.warmup, 1, step)
+                for c in s.concurrency:
+                    await run_level(fns[name], s.warmup * c, c, step)
 
             before = await asyncio.to_thread(_scrape_all, sync_client, roots)
             tally.reset()

@@ -53,7 +53,9 @@ def bench_cmd(
         help="Concurrency levels, comma-separated; every workload runs at each and every SLO is judged at each.",
     ),
     requests: int = typer.Option(20, "--requests", min=1, help="Measured requests per workload and level."),
-    warmup: int = typer.Option(2, "--warmup", min=0, help="Unmeasured requests per workload before measuring."),
+    warmup: int = typer.Option(
+        2, "--warmup", min=0, help="Warm-up rounds: WARMUP x C unmeasured requests per workload at each level C."
+    ),
     max_tokens: int = typer.Option(
         workloads.AUTOCOMPLETE_MAX_TOKENS, "--max-tokens", min=1, help="Autocomplete max_tokens (the seed's value)."
     ),
