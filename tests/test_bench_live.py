@@ -13,7 +13,6 @@ import json
 import operator
 import re
 import shutil
-import tempfile
 from pathlib import Path
 
 import httpx
@@ -135,8 +134,12 @@ def test_search_indexed_the_code_tree_and_hits_are_its_files(table_run):
         assert 1 <= h["start_line"] <= h["end_line"] <= len(lines)
 
 
-def test_search_finds_the_file_and_lines_a_chunk_came_from(vllm_servers):
-    """Library level: index a real tree into LanceDB, query with chunk texts, get their origin back."""
+def test_search_finds_the_file_and_lines_a_chunk_came_from(vllm_servers, tmp_path):
+    """Library level: index real files into LanceDB, query with chunk texts, get their origin back."""
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for name in ("stats.py", "metrics.py", "slo.py"):
+        shutil.copy(CODE_TREE / name, tree / name)
     eps = from_urls(vllm_servers.generator.url, vllm_servers.generator.url, vllm_servers.embedder.url)
 
     async def go(db_dir: Path):
@@ -144,8 +147,8 @@ def test_search_finds_the_file_and_lines_a_chunk_came_from(vllm_servers):
             res = resolve(c, eps, vllm_servers.api_key)
         async with httpx.AsyncClient(timeout=120) as ac:
             api = Api(ac, vllm_servers.api_key)
-            index = await search.build(api, res["embed"], CODE_TREE, db_dir)
-            chunks = list(search.chunks_of(CODE_TREE, search.collect(CODE_TREE)))
+            index = await search.build(api, res["embed"], tree, db_dir)
+            chunks = list(search.chunks_of(tree, search.collect(tree)))
             probes = [next(c for c in chunks if c.path == name) for name in ("stats.py", "metrics.py", "slo.py")]
             found = []
             for chunk in probes:
@@ -153,10 +156,10 @@ def test_search_finds_the_file_and_lines_a_chunk_came_from(vllm_servers):
                 found.append((chunk, hits))
             return index, found
 
-    with tempfile.TemporaryDirectory(prefix="bench-lancedb-") as tmp:
-        index, found = asyncio.run(go(Path(tmp)))
-        assert any(Path(tmp).rglob("*.lance"))  # a real LanceDB dataset on disk
-    assert index.dimensions == 384
+    db = tmp_path / "lancedb"
+    index, found = asyncio.run(go(db))
+    assert any(db.rglob("*.lance"))  # a real LanceDB dataset on disk
+    assert (index.files, index.dimensions) == (3, 384)
     for chunk, hits in found:
         assert (hits[0].path, hits[0].start_line, hits[0].end_line) == (chunk.path, chunk.start_line, chunk.end_line)
         assert hits[0].distance == pytest.approx(0.0, abs=1e-3)

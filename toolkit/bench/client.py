@@ -176,7 +176,7 @@ class Api:
         }
         what = "POST /v1/chat/completions (stream)"
         start = time.perf_counter()
-        first = last = None
+        first = None
         chunks = 0
         usage_tokens = None
         try:
@@ -209,9 +209,8 @@ class Api:
                         # vLLM sends one chunk per token; the opening chunk only carries the role,
                         # and a token that ends mid-character carries "" - still a token.
                         if "content" in delta and (delta.get("content") or "role" not in delta):
-                            now = time.perf_counter()
-                            first = first if first is not None else now
-                            last = now
+                            if first is None:
+                                first = time.perf_counter()
                             chunks += 1
         except httpx.HTTPError as err:
             raise down(err, r.label) from None
@@ -222,9 +221,11 @@ class Api:
         self.tally.requests[r.endpoint.root] += 1
         self.tally.generation_tokens[r.endpoint.root] += tokens
         out = {"ttft_ms": (first - start) * 1000.0, "latency_ms": (end - start) * 1000.0, "tokens": float(tokens)}
-        if tokens > 1 and last is not None and last > first:
-            # The first token's time belongs to TTFT; decode is the rest.
-            out["decode_tps"] = (tokens - 1) / (last - first)
+        if tokens > 1 and end > first:
+            # vLLM's serving benchmark definition (1 / TPOT): the first token belongs to TTFT, the
+            # rest to decode, up to the end of the stream. Ending at the stream's end rather than at
+            # the last token chunk keeps it defined when the server sends every token in one burst.
+            out["decode_tps"] = (tokens - 1) / (end - first)
         return out
 
     async def embed(self, r: Resolved, inputs: list[str]) -> tuple[list[list[float]], float]:
