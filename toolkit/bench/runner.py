@@ -107,7 +107,7 @@ async def run_level(
 
 
 def _request_fns(
-    api: Api, res: dict[str, Resolved], s: Settings, index: search.Index | None
+    api: Api, res: dict[str, Resolved], s: Settings, index: search.Index
 ) -> dict[str, Callable[[int], Awaitable[dict[str, float]]]]:
     async def autocomplete(i: int) -> dict[str, float]:
         return await api.complete(
@@ -122,7 +122,6 @@ def _request_fns(
         return {"latency_ms": elapsed * 1000.0}
 
     async def search_q(i: int) -> dict[str, float]:
-        assert index is not None
         _, elapsed = await search.query(api, res["embed"], index, workloads.pick(workloads.SEARCH_QUERIES, i), s.top_k)
         return {"latency_ms": elapsed * 1000.0}
 
