@@ -89,8 +89,18 @@ def up(name: str = NAME, recreate: bool = False) -> Sandbox:
     box = status(name)
     if box is None:
         _podman("rm", "-f", name, check=False)
-        args = ["run", "-d", "--name", name, "--hostname", name, "--systemd=always", "--shm-size=2g",
-                "--cap-add", "NET_ADMIN"]
+        args = [
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--hostname",
+            name,
+            "--systemd=always",
+            "--shm-size=2g",
+            "--cap-add",
+            "NET_ADMIN",
+        ]
         for src, dst in MOUNTS.items():
             args += ["-v", f"{(CACHE / src).resolve()}:{dst}:ro"]
         _podman(*args, IMAGE)
