@@ -7,9 +7,12 @@ kernel tests load exactly what the role would load.
 
 from __future__ import annotations
 
+import contextlib
+import pwd
 import secrets
 import subprocess
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -156,3 +159,25 @@ def tcp_listener(ns: str, host: str, port: int) -> subprocess.Popen:
     )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
+
+
+SERVICE_USERS = ("egress-t-vllm", "egress-t-ollama")
+OTHER_USER = "egress-t-dev"
+
+
+@contextlib.contextmanager
+def throwaway_users(names: tuple[str, ...] = (*SERVICE_USERS, OTHER_USER)) -> Iterator[dict[str, int]]:
+    """System users standing in for the vllm and ollama service users (and a developer);
+    the ones this created are removed afterwards."""
+    created = []
+    try:
+        for name in names:
+            try:
+                pwd.getpwnam(name)
+            except KeyError:
+                sh("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name)
+                created.append(name)
+        yield {name: pwd.getpwnam(name).pw_uid for name in names}
+    finally:
+        for name in created:
+            sh("userdel", name, check=False)

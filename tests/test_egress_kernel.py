@@ -8,7 +8,6 @@ users and as root. Nothing leaves the namespaces.
 
 from __future__ import annotations
 
-import pwd
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,8 +15,10 @@ from pathlib import Path
 import pytest
 from conftest import require_binary, require_root
 from egress_support import (
+    OTHER_USER,
     PEER_ADDR,
     PEER_ADDR2,
+    SERVICE_USERS,
     WS_ADDR,
     Pair,
     attempt,
@@ -28,36 +29,24 @@ from egress_support import (
     render_ruleset,
     sh,
     tcp_listener,
+    throwaway_users,
 )
 
 from toolkit.guard import collect_guard_state, guard_findings, load_phone_home
 
 pytestmark = [pytest.mark.root]
 
-SERVICE_USERS = ("egress-t-vllm", "egress-t-ollama")
 # The guard answers a blocked TCP connect with a local reset (no SYN leaves, no hang); the
 # listeners on the peer are up, so a refusal can only come from the guard, and counters confirm it.
 REFUSED = "ECONNREFUSED"
-OTHER_USER = "egress-t-dev"
 
 
 @pytest.fixture(scope="module")
 def users() -> Iterator[dict[str, int]]:
-    """Throwaway system users standing in for the vllm and ollama service users (and a developer)."""
     require_root()
     require_binary("useradd")
-    created = []
-    try:
-        for name in (*SERVICE_USERS, OTHER_USER):
-            try:
-                pwd.getpwnam(name)
-            except KeyError:
-                sh("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", name)
-                created.append(name)
-        yield {name: pwd.getpwnam(name).pw_uid for name in (*SERVICE_USERS, OTHER_USER)}
-    finally:
-        for name in created:
-            sh("userdel", name, check=False)
+    with throwaway_users() as uids:
+        yield uids
 
 
 @pytest.fixture(scope="module")
