@@ -33,7 +33,8 @@ from toolkit.errors import UsageError
 DEFAULT_TABLE = "toolkit_egress_guard"
 DEFAULT_USERS = ("vllm", "ollama")
 DEFAULT_LOG_PREFIX = "egress-guard"
-SINKHOLE_ADDRESSES = frozenset({"0.0.0.0", "::", "127.0.0.1", "::1"})
+# What the role writes. 127.0.0.1 is not counted: a local server could answer there.
+SINKHOLE_ADDRESSES = frozenset({"0.0.0.0", "::"})
 
 # Counter names the role's template gives; the uid is part of the name so the audit needs no lookup.
 _UID_COUNTER = re.compile(r"^blocked_uid_(\d+)$")
@@ -246,7 +247,7 @@ def parse_log_lines(lines: Iterable[str], prefix: str = DEFAULT_LOG_PREFIX) -> l
 
 
 def parse_hosts_sinkhole(text: str) -> list[str]:
-    """Names a hosts file points at a non-routable address (0.0.0.0, ::, loopback)."""
+    """Names a hosts file points at the unroutable addresses 0.0.0.0 or ::."""
     names: list[str] = []
     for raw in text.splitlines():
         fields = raw.split("#", 1)[0].split()
