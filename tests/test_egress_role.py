@@ -20,6 +20,7 @@ import pytest
 from conftest import require_binary, require_root
 from egress_support import (
     PEER_ADDR,
+    PEER_ADDR2,
     REPO,
     SERVICE_USERS,
     attempt,
@@ -27,6 +28,7 @@ from egress_support import (
     make_pair,
     nsx,
     render_ruleset,
+    tcp_listener,
     throwaway_users,
 )
 
@@ -71,7 +73,9 @@ def _vars(tmp: Path, **extra: Any) -> dict[str, Any]:
     return v
 
 
-def _play(ns: str, tmp: Path, variables: dict[str, Any], *args: str) -> subprocess.CompletedProcess:
+def _play(
+    ns: str, tmp: Path, variables: dict[str, Any], *args: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     (tmp / "play.yml").write_text(PLAYBOOK)
     (tmp / "vars.json").write_text(json.dumps(variables))
     bindir = Path(sys.executable).parent
@@ -83,6 +87,7 @@ def _play(ns: str, tmp: Path, variables: dict[str, Any], *args: str) -> subproce
         "ANSIBLE_LOCALHOST_WARNING": "0",
         "ANSIBLE_INVENTORY_UNPARSED_WARNING": "0",
         "HOME": str(tmp),
+        **(extra_env or {}),
     }
     cmd = [
         "ip",
@@ -171,3 +176,36 @@ def test_check_mode_shows_the_ruleset_diff_and_loads_nothing(
     assert f"+\t\tmeta skuid {users['egress-t-vllm']} counter" in proc.stdout
     assert nsx(ws, "nft", "list", "tables").stdout.strip() == ""
     assert not (tmp_path / "etc" / "egress_guard.nft").exists()
+
+
+def test_role_in_host_wide_mode_allows_the_allowlist_and_the_controller_it_detects(
+    users: dict[str, int], tmp_path: Path
+) -> None:
+    pair = make_pair()
+    servers = [
+        tcp_listener(pair.peer, PEER_ADDR, 8080),
+        tcp_listener(pair.peer, PEER_ADDR, 8081),
+        tcp_listener(pair.peer, PEER_ADDR2, 8080),
+    ]
+    try:
+        allow = [{"cidr": f"{PEER_ADDR}/32", "proto": "tcp", "ports": [8080], "comment": "model mirror"}]
+        variables = _vars(
+            tmp_path,
+            egress_guard_mode="host_wide",
+            egress_guard_allowlist=allow,
+            egress_guard_users=[*SERVICE_USERS, "egress-t-nobody"],
+            egress_guard_missing_users="skip",
+        )
+        # As if the controller connected over SSH from 203.0.113.2: the role must keep it reachable.
+        proc = _play(pair.ws, tmp_path, variables, extra_env={"SSH_CLIENT": f"{PEER_ADDR2} 50000 22"})
+        assert proc.returncode == 0, proc.stdout[-3000:]
+        assert "egress-t-nobody do not exist and are not guarded" in proc.stdout
+        assert attempt(pair.ws, None, "tcp", PEER_ADDR, 8080) == "connected"  # allowlisted
+        assert attempt(pair.ws, None, "tcp", PEER_ADDR2, 8080) == "connected"  # the controller
+        assert attempt(pair.ws, None, "tcp", PEER_ADDR, 8081) == "ECONNREFUSED"  # neither
+        assert attempt(pair.ws, "egress-t-vllm", "tcp", PEER_ADDR, 8080) == "ECONNREFUSED"
+    finally:
+        for s in servers:
+            s.kill()
+            s.wait()
+        delete_pair(pair)
