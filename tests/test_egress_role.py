@@ -174,6 +174,7 @@ def test_check_mode_shows_the_ruleset_diff_and_loads_nothing(
     proc = _play(ws, tmp_path, _vars(tmp_path), "--check", "--diff")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert f"+\t\tmeta skuid {users['egress-t-vllm']} counter" in proc.stdout
+    assert "table inet toolkit_egress_guard would be loaded" in proc.stdout
     assert nsx(ws, "nft", "list", "tables").stdout.strip() == ""
     assert not (tmp_path / "etc" / "egress_guard.nft").exists()
 
