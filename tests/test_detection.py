@@ -256,3 +256,8 @@ def test_gpu_facts_module_fails_cleanly_on_impossible_override():
         }
     )
     assert rc != 0 and res["msg"].startswith("cannot plan this host: codellama-70b does not fit")
+
+
+def test_cli_unknown_option_is_a_usage_error_not_a_traceback():
+    r = run_cli("plan", "--bogus")
+    assert r.returncode == 2 and "No such option: --bogus" in r.stderr and "Traceback" not in r.stderr

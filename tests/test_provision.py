@@ -52,7 +52,8 @@ def test_plan_that_cannot_fit_stops_before_any_change(tmp_path):
     inv.write_text(
         "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
         f"      ansible_python_interpreter: {sys.executable}\n"
-        "      toolkit_plan_overrides: {runtime: cuda}\n")
+        "      toolkit_plan_overrides: {runtime: cuda}\n"
+    )
     r = run("provision", "-i", str(inv))
     assert r.returncode == 1
     assert "planning failed, nothing was changed" in r.stderr
@@ -77,7 +78,8 @@ def test_provision_local_plans_and_keeps_artifacts():
     summary = json.loads(r.stdout)
     run_dir = Path(summary["run_dir"])
     plan = json.loads((run_dir / "plans" / "localhost.json").read_text())
-    assert plan["plan"]["runtime"] == "cpu" and plan["gpu"]["status"] == "no-gpu"
+    gpu = json.loads((run_dir / "plans" / "localhost.gpu.json").read_text())
+    assert plan["runtime"] == "cpu" and gpu["status"] == "no-gpu"
     assert (run_dir / "artifacts" / "converge" / "stdout").exists() and (run_dir / "summary.json").exists()
 
 
@@ -91,7 +93,7 @@ def test_fleet_of_three_podman_hosts_is_planned_and_converged_in_parallel(tmp_pa
         assert r.returncode == 0, r.stderr
         summary = json.loads(r.stdout)
         assert len(summary["hosts"]) == 3 and all(h["failed"] == 0 for h in summary["hosts"].values())
-        plans = list((Path(summary["run_dir"]) / "plans").glob("*.json"))
+        plans = list((Path(summary["run_dir"]) / "plans").glob("*[0-9].json"))
         assert len(plans) == 3
         for p in plans:
-            assert json.loads(p.read_text())["plan"]["runtime"] == "cpu"
+            assert json.loads(p.read_text())["runtime"] == "cpu"

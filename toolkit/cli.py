@@ -38,27 +38,15 @@ _register()
 
 
 def main() -> None:
-    """Entry point: turns every ToolkitError into one line on stderr and its exit code."""
+    """Entry point: click reports usage errors itself (exit 2); every ToolkitError becomes one line."""
     try:
-        app(standalone_mode=False)
+        app()  # standalone mode: usage errors print a short usage and exit 2
     except ToolkitError as err:
         print(f"toolkit: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
     except KeyboardInterrupt:
         print("toolkit: interrupted", file=sys.stderr)
         sys.exit(130)
-    except typer.Exit as ex:
-        sys.exit(ex.exit_code)
-    except typer.Abort:
-        print("toolkit: aborted", file=sys.stderr)
-        sys.exit(130)
-    except Exception as err:  # click's own usage errors
-        import click
-
-        if isinstance(err, click.exceptions.ClickException):
-            err.show()
-            sys.exit(2 if isinstance(err, click.UsageError) else err.exit_code)
-        raise
 
 
 if __name__ == "__main__":

@@ -206,10 +206,46 @@ def plan_hosts(inventory: Path, run_dir: Path, limit: str | None = None, forks: 
     for host, facts in tracker.facts.items():
         if "toolkit_plan" in facts:
             plans[host] = facts["toolkit_plan"]
-            (plans_dir / f"{host}.json").write_text(json.dumps({"gpu": facts.get("toolkit_gpu"), "plan": plans[host]},
-                                                               indent=2))
+            # plans/HOST.json is exactly `toolkit plan --json` (bench reads it); the detection sits beside it.
+            (plans_dir / f"{host}.json").write_text(json.dumps(plans[host], indent=2))
+            (plans_dir / f"{host}.gpu.json").write_text(json.dumps(facts.get("toolkit_gpu"), indent=2))
     bad = {h: s for h, s in tracker.hosts.items() if s.failed or s.unreachable}
     if bad or r.rc != 0:
         lines = [f"{h}: {'; '.join(s.errors) or 'failed'}" for h, s in sorted(bad.items())]
         raise CheckFailed("planning failed, nothing was changed: " + (" | ".join(lines) or f"ansible rc {r.rc}"))
     return plans
+
+
+def provision(
+    inventory: Path,
+    *,
+    limit: str | None = None,
+    check: bool = False,
+    diff: bool = False,
+    tags: str | None = None,
+    forks: int = 10,
+    playbook: str = "site.yml",
+    on_plans: Callable[[Path, dict[str, dict]], None] | None = None,
+    on_change: Callable[[EventTracker], None] | None = None,
+) -> RunResult:
+    """Both phases: plan every host (stop if one cannot be planned), then converge. Writes summary.json."""
+    check_inventory(inventory, limit)
+    run_dir = new_run_dir()
+    plans = plan_hosts(inventory, run_dir, limit=limit, forks=forks)
+    if on_plans:
+        on_plans(run_dir, plans)
+    r, tracker = run_playbook(
+        playbook,
+        inventory,
+        run_dir,
+        "converge",
+        limit=limit,
+        tags=tags,
+        check=check,
+        diff=diff,
+        forks=forks,
+        on_change=on_change,
+    )
+    result = RunResult(run_dir, r.rc, r.status, tracker.hosts, plans)
+    (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=2))
+    return result

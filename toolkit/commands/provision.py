@@ -32,15 +32,24 @@ def plans_table(plans: dict[str, dict]) -> Table:
     for host, p in sorted(plans.items()):
         s = p["services"]
         auto = s["autocomplete"]
-        t.add_row(host, p["tier"], p["runtime"], f"{s['chat']['model']} :{s['chat']['port']}",
-                  f"(chat server) :{auto['port']}" if auto.get("shared_with") else f"{auto['model']} :{auto['port']}",
-                  f"{s['embed']['backend']} {s['embed']['model']} :{s['embed']['port']}")
+        t.add_row(
+            host,
+            p["tier"],
+            p["runtime"],
+            f"{s['chat']['model']} :{s['chat']['port']}",
+            f"(chat server) :{auto['port']}" if auto.get("shared_with") else f"{auto['model']} :{auto['port']}",
+            f"{s['embed']['backend']} {s['embed']['model']} :{s['embed']['port']}",
+        )
     return t
 
 
 def provision_cmd(
-    inventory: Path = typer.Option(provision.DEFAULT_INVENTORY, "--inventory", "-i",
-                                   help="Ansible inventory (file or directory). Default: this machine."),
+    inventory: Path = typer.Option(
+        provision.DEFAULT_INVENTORY,
+        "--inventory",
+        "-i",
+        help="Ansible inventory (file or directory). Default: this machine.",
+    ),
     limit: str = typer.Option(None, "--limit", "-l", help="Only these hosts or groups (Ansible pattern)."),
     check: bool = typer.Option(False, "--check", help="Dry run: report what would change, change nothing."),
     diff: bool = typer.Option(False, "--diff", help="Show the changes made (or, with --check, that would be made)."),
@@ -56,15 +65,16 @@ def provision_cmd(
     live hosts x roles view. Plans, events and logs are kept in artifacts/runs/<id>/.
     Exit 0 when every host converged, 1 when a host failed or was unreachable, 2 on bad input.
     """
-    hosts = provision.check_inventory(inventory, limit)
     err = Console(stderr=True)
-    run_dir = provision.new_run_dir()
-    err.print(f"run {run_dir.name}: {len(hosts)} host(s) from {inventory}; artifacts in {run_dir}")
-    plans = provision.plan_hosts(inventory, run_dir, limit=limit, forks=forks)
-    err.print(plans_table(plans))
-
+    hosts = provision.check_inventory(inventory, limit)
     live = Live(console=err, refresh_per_second=4, transient=False) if err.is_terminal else None
     last_roles: dict[str, str] = {}
+
+    def on_plans(run_dir: Path, plans: dict[str, dict]) -> None:
+        err.print(f"run {run_dir.name}: {len(hosts)} host(s) from {inventory}; artifacts in {run_dir}")
+        err.print(plans_table(plans))
+        if live:
+            live.start()
 
     def on_change(tracker: provision.EventTracker) -> None:
         if live:
@@ -75,31 +85,44 @@ def provision_cmd(
                 last_roles[host] = s.role
                 err.print(f"{host}: {s.role}")
 
-    if live:
-        live.start()
     try:
-        r, tracker = provision.run_playbook(playbook, inventory, run_dir, "converge", limit=limit, tags=tags,
-                                            check=check, diff=diff, forks=forks, on_change=on_change)
+        result = provision.provision(
+            inventory,
+            limit=limit,
+            check=check,
+            diff=diff,
+            tags=tags,
+            forks=forks,
+            playbook=playbook,
+            on_plans=on_plans,
+            on_change=on_change,
+        )
     finally:
         if live:
             live.stop()
-    result = provision.RunResult(run_dir, r.rc, r.status, tracker.hosts, plans)
-    (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=2))
+    report(result, check=check, as_json=as_json)
+
+
+def report(result: provision.RunResult, check: bool = False, as_json: bool = False) -> None:
+    """Summary table (or JSON) and the first errors of each failed host; CheckFailed if any host failed."""
+    err = Console(stderr=True)
     if as_json:
         print(json.dumps(result.summary(), indent=2))
     else:
         mode = "check mode" if check else "applied"
         t = Table("host", "ok", "changed", "failed", "result", title=f"summary ({mode})")
-        for host, s in sorted(tracker.hosts.items()):
+        for host, s in sorted(result.hosts.items()):
             res = "unreachable" if s.unreachable else ("FAILED" if s.failed else "ok")
             t.add_row(host, str(s.ok), str(s.changed), str(s.failed), res)
         Console().print(t)
     for host in result.failed_hosts:
-        for e in tracker.hosts[host].errors[:3]:
+        for e in result.hosts[host].errors[:3]:
             err.print(f"[red]{host}[/red]: {e}", highlight=False)
-    if r.rc != 0 or result.failed_hosts:
-        raise CheckFailed(f"{len(result.failed_hosts) or 'some'} host(s) failed (ansible rc {r.rc}); "
-                          f"see {run_dir}/artifacts/converge/stdout")
+    if result.rc != 0 or result.failed_hosts:
+        raise CheckFailed(
+            f"{len(result.failed_hosts) or 'some'} host(s) failed (ansible rc {result.rc}); "
+            f"see {result.run_dir}/artifacts/converge/stdout"
+        )
     sys.stderr.flush()
 
 

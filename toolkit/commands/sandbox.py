@@ -1,0 +1,114 @@
+"""`toolkit sandbox`: the main job on a machine with no GPU and no fleet.
+
+Provisions a local systemd container as a sandbox workstation (CPU tier, a tiny generator
+model, MiniLM embeddings, Continue config), then measures it with `toolkit bench` and watches it
+with `toolkit audit`, and prints both verdicts.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from toolkit import provision
+from toolkit.commands.provision import plans_table, report
+from toolkit.errors import CheckFailed
+from toolkit.sandbox import workstation
+
+INVENTORY = provision.REPO / "inventories" / "sandbox" / "hosts.yml"
+sandbox_app = typer.Typer(help="A sandbox workstation in a local systemd container: provision, bench, audit.",
+                          no_args_is_help=True)
+
+
+def _toolkit(box: workstation.Sandbox, *args: str) -> list[str]:
+    """This toolkit, run on the host inside the sandbox's network namespace."""
+    return box.enter([sys.executable, "-m", "toolkit", *args])
+
+
+def _verdicts_table(rows: list[tuple[str, str, str]]) -> Table:
+    t = Table("check", "verdict", "details", title="sandbox workstation")
+    for name, verdict, details in rows:
+        colour = "green" if verdict == "PASS" else ("yellow" if verdict == "INCONCLUSIVE" else "red")
+        t.add_row(name, f"[{colour}]{verdict}[/{colour}]", details)
+    return t
+
+
+@sandbox_app.command("up")
+def up_cmd(
+    recreate: bool = typer.Option(False, "--recreate", help="Start from a fresh container."),
+    audit_seconds: int = typer.Option(60, "--audit-seconds", min=5, help="How long the audit watches (during bench)."),
+    skip_bench: bool = typer.Option(False, "--skip-bench", help="Provision and audit only."),
+) -> None:
+    """Provision the sandbox workstation, then bench and audit it; print both verdicts.
+
+    Needs root, podman and the cached image, vLLM wheelhouse and models that `bash .ci/install`
+    prepares. Exit 0 when the stack converged, the audit passed and every SLO was met; 1 otherwise.
+    The audit never says PASS when it could not see: INCONCLUSIVE counts as a failure here.
+    """
+    err = Console(stderr=True)
+    err.print("starting the sandbox workstation (podman, systemd)")
+    box = workstation.up(recreate=recreate)
+
+    def on_plans(run_dir: Path, plans: dict[str, dict]) -> None:
+        err.print(f"provisioning; artifacts in {run_dir}")
+        err.print(plans_table(plans))
+
+    last: dict[str, str] = {}
+
+    def on_change(tracker: provision.EventTracker) -> None:
+        for host, s in tracker.hosts.items():
+            if s.role and last.get(host) != s.role:
+                last[host] = s.role
+                err.print(f"{host}: {s.role}")
+
+    result = provision.provision(INVENTORY, on_plans=on_plans, on_change=on_change)
+    report(result)
+    run_dir = result.run_dir
+    plan_file = run_dir / "plans" / f"{workstation.NAME}.json"
+
+    rows: list[tuple[str, str, str]] = []
+    audit_dir = run_dir / "audit"
+    audit_dir.mkdir()
+    err.print(f"auditing for {audit_seconds} s inside the sandbox's network namespace")
+    audit = subprocess.Popen(
+        _toolkit(box, "audit", "--duration", str(audit_seconds), "--json", "--out", str(audit_dir)),
+        stdout=(audit_dir / "audit.json").open("w"), stderr=(audit_dir / "audit.log").open("w"))
+    bench_rc = None
+    if not skip_bench:
+        bench_dir = run_dir / "bench"
+        err.print("benchmarking the sandbox's endpoints")
+        time.sleep(2)  # the capture is live before the first request
+        b = subprocess.run(_toolkit(box, "bench", "--plan", str(plan_file), "--out", str(bench_dir), "--json"),
+                           capture_output=True, text=True)
+        bench_rc = b.returncode
+        (run_dir / "bench.log").write_text(b.stderr)
+        try:
+            slo = json.loads(b.stdout)
+            details = ", ".join(f"{s['name']} {'ok' if s['passed'] else 'MISSED'}" for s in slo.get("slos", []))
+        except (json.JSONDecodeError, KeyError, TypeError):
+            details = (b.stderr.strip().splitlines() or ["no output"])[-1]
+        rows.append(("bench (SLOs)", "PASS" if bench_rc == 0 else "FAIL", details))
+    audit_rc = audit.wait()
+    verdict = {0: "PASS", 1: "FAIL", 2: "INCONCLUSIVE"}.get(audit_rc, f"ERROR (exit {audit_rc})")
+    rows.append(("audit (egress)", verdict, f"report in {audit_dir}"))
+    Console().print(_verdicts_table(rows))
+    if audit_rc != 0 or bench_rc not in (None, 0):
+        raise CheckFailed("the sandbox workstation did not pass every check (see the table above)")
+
+
+@sandbox_app.command("down")
+def down_cmd() -> None:
+    """Remove the sandbox workstation container."""
+    gone = workstation.down()
+    print("sandbox removed" if gone else "no sandbox was running")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(sandbox_app, name="sandbox")

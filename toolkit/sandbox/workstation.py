@@ -1,0 +1,121 @@
+"""The sandbox workstation: a systemd podman container that stands in for a developer's machine.
+
+It boots the cached test image with its own network namespace, so its services' 127.0.0.1 is its
+own; the toolkit's bench and audit enter that namespace (nsenter) to measure and watch it exactly
+as they would on a real workstation. The vLLM wheelhouse and the models come in read-only mounts,
+so provisioning it needs no network.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from toolkit.errors import EnvironmentProblem
+
+NAME = "toolkit-sandbox"
+IMAGE = "localhost/toolkit-systemd:current"
+CACHE = Path(os.environ.get("TOOLKIT_CACHE", "/var/cache/toolkit"))
+# host path (under the cache) -> path inside the sandbox
+MOUNTS = {
+    "vllm-wheelhouse": "/srv/wheelhouse",
+    "tiny-model": "/srv/models/tiny",
+    "minilm": "/srv/models/minilm",
+}
+
+
+@dataclass
+class Sandbox:
+    name: str
+    pid: int
+
+    @property
+    def netns(self) -> str:
+        return f"/proc/{self.pid}/ns/net"
+
+    @property
+    def root(self) -> Path:
+        """The sandbox's file system as seen from the host."""
+        return Path(f"/proc/{self.pid}/root")
+
+    def enter(self, argv: list[str]) -> list[str]:
+        """argv run on the host but inside the sandbox's network namespace."""
+        return ["nsenter", f"--net={self.netns}", "--", *argv]
+
+
+def _podman(*args: str, timeout: int = 120, check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        r = subprocess.run(["podman", *args], capture_output=True, text=True, timeout=timeout)
+    except FileNotFoundError:
+        raise EnvironmentProblem("podman is not installed (run `bash .ci/install` first)") from None
+    if check and r.returncode != 0:
+        msg = (r.stderr or r.stdout).strip().splitlines()
+        raise EnvironmentProblem(f"podman {args[0]} failed: {msg[-1] if msg else r.returncode}")
+    return r
+
+
+def preflight() -> None:
+    """Everything the sandbox needs, checked before anything starts: one line naming what is missing."""
+    if os.geteuid() != 0:
+        raise EnvironmentProblem("the sandbox needs root (podman system containers and nsenter)")
+    for tool in ("podman", "nsenter"):
+        if not shutil.which(tool):
+            raise EnvironmentProblem(f"{tool} is not installed (run `bash .ci/install` first)")
+    if _podman("image", "exists", IMAGE, check=False).returncode != 0:
+        raise EnvironmentProblem(f"image {IMAGE} is missing (run `bash .ci/install` first)")
+    for src in MOUNTS:
+        if not (CACHE / src / ".complete").exists():
+            raise EnvironmentProblem(f"{CACHE / src} is missing or incomplete (run `bash .ci/install` first)")
+
+
+def status(name: str = NAME) -> Sandbox | None:
+    r = _podman("inspect", name, check=False)
+    if r.returncode != 0:
+        return None
+    state = json.loads(r.stdout)[0]["State"]
+    return Sandbox(name, int(state["Pid"])) if state.get("Running") else None
+
+
+def up(name: str = NAME, recreate: bool = False) -> Sandbox:
+    """Start the sandbox (or reuse the running one) and wait until its systemd is up."""
+    preflight()
+    if recreate:
+        down(name)
+    box = status(name)
+    if box is None:
+        _podman("rm", "-f", name, check=False)
+        args = [
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--hostname",
+            name,
+            "--systemd=always",
+            "--shm-size=2g",
+            "--cap-add",
+            "NET_ADMIN",
+        ]
+        for src, dst in MOUNTS.items():
+            args += ["-v", f"{(CACHE / src).resolve()}:{dst}:ro"]
+        _podman(*args, IMAGE)
+        box = status(name)
+        if box is None:
+            raise EnvironmentProblem(f"sandbox {name} did not start (see `podman logs {name}`)")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        r = _podman("exec", name, "systemctl", "is-system-running", check=False)
+        if r.stdout.strip() in ("running", "degraded"):
+            return box
+        time.sleep(1)
+    raise EnvironmentProblem(f"systemd in sandbox {name} did not come up in 90 s")
+
+
+def down(name: str = NAME) -> bool:
+    """Remove the sandbox; True when one existed."""
+    return _podman("rm", "-f", "-t", "5", name, check=False).returncode == 0 and status(name) is None
