@@ -414,6 +414,7 @@ def live_capture(
     progress: Callable[[float, int], None] | None = None,
     attribute: bool = True,
     probe_wait: float = 3.0,
+    on_live: Callable[[], None] | None = None,
 ) -> CaptureResult:
     """Capture for ``duration`` seconds (None: until Ctrl-C or ``stop``) and audit what passed."""
     pcap = load_libpcap()
@@ -475,6 +476,8 @@ def live_capture(
                 f"(UDP to 127.0.0.1:{probe_port}): it is not seeing loopback traffic"
             )
         counters_start = interface_counters()
+        if on_live is not None:
+            on_live()
         started = time.monotonic()
         wall_start = time.time()
         last_progress = [started]

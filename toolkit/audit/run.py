@@ -5,6 +5,7 @@ Returns the report document every renderer (JSON, JUnit, Prometheus, HTML, termi
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,6 +36,7 @@ class AuditOptions:
     host: str = field(default_factory=socket.gethostname)
     buffer_kib: int = 32768
     attribute: bool = True
+    ready_file: Path | None = None
 
 
 def _iso(ts: float) -> str:
@@ -96,6 +98,10 @@ def run_audit(opts: AuditOptions, stop: Event | None = None, progress=None) -> d
         if opts.pcap is not None:
             cap = offline_capture(opts.pcap, opts.policy)
         else:
+            def on_live() -> None:
+                if opts.ready_file is not None:
+                    opts.ready_file.write_text(f"{os.getpid()}\n")
+
             cap = live_capture(
                 opts.policy,
                 opts.duration,
@@ -104,6 +110,7 @@ def run_audit(opts: AuditOptions, stop: Event | None = None, progress=None) -> d
                 opts.buffer_kib,
                 progress,
                 attribute=opts.attribute,
+                on_live=on_live,
             )
     except CaptureUnavailable as err:
         unavailable = str(err)

@@ -52,13 +52,20 @@ def load_rules() -> dict[str, Any]:
 
 def run_static_checks(inputs: StaticInputs, rules: dict[str, Any] | None = None) -> list[Result]:
     rules = rules or load_rules()
-    return [
-        check_listeners(inputs.proc_root),
-        check_continue_config(inputs.home_dirs(), rules["continue"]),
-        check_continue_telemetry(inputs.home_dirs(), rules["continue"]),
-        check_vscode_telemetry(inputs.home_dirs(), rules["vscode"]),
-        *check_units(inputs.unit_dirs, rules["units"]),
-    ]
+    homes = inputs.home_dirs()
+    out: list[Result] = []
+    for control, check in (
+        ("LISTEN-001", lambda: [check_listeners(inputs.proc_root)]),
+        ("CONFIG-001", lambda: [check_continue_config(homes, rules["continue"])]),
+        ("TELEMETRY-001", lambda: [check_continue_telemetry(homes, rules["continue"])]),
+        ("TELEMETRY-002", lambda: [check_vscode_telemetry(homes, rules["vscode"])]),
+        ("TELEMETRY-003", lambda: check_units(inputs.unit_dirs, rules["units"])),
+    ):
+        try:
+            out += check()
+        except OSError as err:  # unreadable input: cannot be decided, so not a pass
+            out.append(Result(control, "inconclusive", f"cannot read {err.filename or ''}: {err.strerror or err}"))
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

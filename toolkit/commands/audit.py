@@ -120,6 +120,11 @@ def audit(
     attribution: bool = typer.Option(
         True, "--attribution/--no-attribution", help="Attribute flows to processes."
     ),
+    ready_file: Path | None = typer.Option(
+        None,
+        "--ready-file",
+        help="Write this file once the capture is live (its start probe seen); scripts start after it.",
+    ),
 ) -> None:
     from toolkit.audit.policy import load_policy
     from toolkit.audit.run import AuditOptions, run_audit
@@ -140,6 +145,7 @@ def audit(
         waivers=load_waivers(waivers),
         buffer_kib=buffer_kib,
         attribute=attribution,
+        ready_file=ready_file,
     )
     if host:
         opts.host = host
