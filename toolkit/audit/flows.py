@@ -3,12 +3,14 @@
 A flow is a protocol and two endpoints, whichever way packets go. Direction is who opened it:
 the sender of a TCP SYN (without ACK), of a DNS query, of a QUIC Initial or an ICMP echo request;
 failing that, the end with the higher (ephemeral) port. The local end is the one inside the
-allowed set or among the host's own addresses; offline, with neither end known, it is the opener.
+allowed set or among the host's own addresses; offline, with neither end known, it is the address
+that takes part in more flows (the capture's vantage point), else the opener.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -96,6 +98,12 @@ def finalize(
 ) -> list[Flow]:
     """Turn flow states into findings: pick the local end, infer direction, attach every name."""
     local_addresses = local_addresses or set()
+    # Offline the host's addresses are unknown: the capture's vantage point is the address that
+    # takes part in the most flows, so it is taken as local where a flow has no other clue.
+    seen_in: Counter = Counter()
+    for st in table.flows.values():
+        seen_in[st.a[0]] += 1
+        seen_in[st.b[0]] += 1
     out: list[Flow] = []
     for st in table.flows.values():
         a_local = _is_local(st.a[0], allowed, local_addresses)
@@ -103,6 +111,8 @@ def finalize(
         evidence = st.evidence
         if a_local != b_local:
             local, remote = (st.a, st.b) if a_local else (st.b, st.a)
+        elif not local_addresses and seen_in[st.a[0]] != seen_in[st.b[0]]:
+            local, remote = (st.a, st.b) if seen_in[st.a[0]] > seen_in[st.b[0]] else (st.b, st.a)
         elif st.opener is not None:
             local = st.opener
             remote = st.b if st.opener == st.a else st.a
