@@ -71,12 +71,15 @@ def toolkit_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "toolkit", *args]
 
 
-def run_toolkit(*args: str, ns: str | None = None, timeout: float = 120, env=None) -> subprocess.CompletedProcess:
+def run_toolkit(
+    *args: str, ns: str | None = None, timeout: float = 120, env=None
+) -> subprocess.CompletedProcess:
     cmd = toolkit_cmd(*args)
     if ns:
         cmd = ["ip", "netns", "exec", ns, *cmd]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env={**os.environ, **(env or {})}
+    )
 
 
 def report_of(proc: subprocess.CompletedProcess) -> dict:

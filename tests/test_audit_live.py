@@ -54,7 +54,8 @@ marker, peer4, peer6 = sys.argv[1], sys.argv[2], sys.argv[3]
 lo = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for _ in range(2000):
     lo.sendto(b"x" * 200, ("127.0.0.1", 9))
-t = socket.create_connection((peer4, 8080)); t.sendall(b"POST /v1/telemetry HTTP/1.1\\r\\nHost: t.example.net\\r\\n\\r\\n")
+t = socket.create_connection((peer4, 8080))
+t.sendall(b"POST /v1/telemetry HTTP/1.1\\r\\nHost: t.example.net\\r\\n\\r\\n")
 u4 = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 for i in range(5):
     u4.sendto(b"usage-stats %d" % i, (peer4, 9999))
@@ -93,35 +94,65 @@ def live_run(tmp_path_factory):
     pair = make_pair("lv")
     procs: list[subprocess.Popen] = []
     try:
-        listener = subprocess.Popen(["ip", "netns", "exec", pair.peer, sys.executable, "-c", LISTENER,
-                                     PEER_V4, PEER_V6], stdout=subprocess.PIPE, text=True)
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", pair.peer, sys.executable, "-c", LISTENER, PEER_V4, PEER_V6],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         procs.append(listener)
         assert listener.stdout.readline().strip() == "ready"
         pcap, pcapng = tmp / "tcpdump.pcap", tmp / "tshark.pcapng"
-        dump = subprocess.Popen(["ip", "netns", "exec", pair.host, tcpdump, "-i", "any", "-U", "-w", str(pcap)],
-                                stderr=subprocess.PIPE, text=True)
-        shark = subprocess.Popen(["ip", "netns", "exec", pair.host, tshark, "-q", "-i", "any", "-F", "pcapng",
-                                  "-w", str(pcapng)], stderr=subprocess.PIPE, text=True)
+        dump = subprocess.Popen(
+            ["ip", "netns", "exec", pair.host, tcpdump, "-i", "any", "-U", "-w", str(pcap)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        shark = subprocess.Popen(
+            ["ip", "netns", "exec", pair.host, tshark, "-q", "-i", "any", "-F", "pcapng", "-w", str(pcapng)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         procs += [dump, shark]
         _wait_line(dump, "listening on")
         _wait_line(shark, "Capturing on")
         ready = tmp / "ready"
         audit = subprocess.Popen(
-            ["ip", "netns", "exec", pair.host, *toolkit_cmd("audit", "--duration", "6", "--json",
-                                                              "--ready-file", str(ready), *quiet_static(tmp))],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+            [
+                "ip",
+                "netns",
+                "exec",
+                pair.host,
+                *toolkit_cmd(
+                    "audit", "--duration", "6", "--json", "--ready-file", str(ready), *quiet_static(tmp)
+                ),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
         _wait_file(ready, audit)
         marker = f"aud-marker-{os.getpid()}"
-        subprocess.run(["ip", "netns", "exec", pair.host, sys.executable, "-c", TRAFFIC, marker, PEER_V4, PEER_V6],
-                       check=True, timeout=30)
+        subprocess.run(
+            ["ip", "netns", "exec", pair.host, sys.executable, "-c", TRAFFIC, marker, PEER_V4, PEER_V6],
+            check=True,
+            timeout=30,
+        )
         out, err = audit.communicate(timeout=60)
         time.sleep(0.5)
         for p in (dump, shark):
             p.send_signal(signal.SIGINT)
             p.wait(timeout=20)
         proc = subprocess.CompletedProcess(audit.args, audit.returncode, out, err)
-        yield {"pair": pair, "proc": proc, "report": report_of(proc), "marker": marker, "pcap": pcap,
-               "pcapng": pcapng, "tmp": tmp}
+        yield {
+            "pair": pair,
+            "proc": proc,
+            "report": report_of(proc),
+            "marker": marker,
+            "pcap": pcap,
+            "pcapng": pcapng,
+            "tmp": tmp,
+        }
     finally:
         for p in procs:
             if p.poll() is None:
@@ -131,9 +162,15 @@ def live_run(tmp_path_factory):
 
 
 def _flow(report: dict, proto: str, remote: str, port: int) -> dict:
-    hits = [f for f in report["findings"] if f["protocol"] == proto and f["remote_address"] == remote
-            and f["remote_port"] == port]
-    assert hits, f"no {proto} flow to {remote}:{port} in {[(f['protocol'], f['remote_address']) for f in report['findings']]}"
+    hits = [
+        f
+        for f in report["findings"]
+        if f["protocol"] == proto and f["remote_address"] == remote and f["remote_port"] == port
+    ]
+    assert hits, (
+        f"no {proto} flow to {remote}:{port} in "
+        f"{[(f['protocol'], f['remote_address']) for f in report['findings']]}"
+    )
     return hits[0]
 
 
@@ -189,13 +226,34 @@ def pair():
 def test_live_audit_of_loopback_only_traffic_passes_with_exit_0(pair, tmp_path):
     ready = tmp_path / "ready"
     audit = subprocess.Popen(
-        ["ip", "netns", "exec", pair.host, *toolkit_cmd("audit", "--duration", "2", "--json", "--ready-file",
-                                                          str(ready), *quiet_static(tmp_path))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        [
+            "ip",
+            "netns",
+            "exec",
+            pair.host,
+            *toolkit_cmd(
+                "audit", "--duration", "2", "--json", "--ready-file", str(ready), *quiet_static(tmp_path)
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     _wait_file(ready, audit)
-    subprocess.run(["ip", "netns", "exec", pair.host, sys.executable, "-c",
-                    "import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n"
-                    "[s.sendto(b'x',('::1',9)) for _ in range(300)]"], check=True)
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            pair.host,
+            sys.executable,
+            "-c",
+            "import socket\ns=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM)\n"
+            "[s.sendto(b'x',('::1',9)) for _ in range(300)]",
+        ],
+        check=True,
+    )
     out, err = audit.communicate(timeout=60)
     report = report_of(subprocess.CompletedProcess([], audit.returncode, out, err))
     assert audit.returncode == 0, (err, report["controls"])
@@ -205,8 +263,9 @@ def test_live_audit_of_loopback_only_traffic_passes_with_exit_0(pair, tmp_path):
 
 def test_live_capture_that_cannot_see_loopback_is_inconclusive_never_pass(pair, tmp_path):
     # Capturing only on the veth: the start and end probes on lo are never seen.
-    proc = run_toolkit("audit", "--duration", "1", "--json", "-i", pair.veth_host, *quiet_static(tmp_path),
-                       ns=pair.host)
+    proc = run_toolkit(
+        "audit", "--duration", "1", "--json", "-i", pair.veth_host, *quiet_static(tmp_path), ns=pair.host
+    )
     assert proc.returncode == 2, proc.stderr
     report = report_of(proc)
     assert report["verdict"] == "INCONCLUSIVE"
@@ -220,10 +279,21 @@ def test_live_capture_without_privilege_is_inconclusive(pair, tmp_path):
     home = tmp_path / "nobody"
     home.mkdir()
     os.chmod(tmp_path, 0o755)
-    cmd = ["ip", "netns", "exec", pair.host, setpriv, "--reuid=65534", "--regid=65534", "--clear-groups",
-           "--inh-caps=-all", *toolkit_cmd("audit", "--duration", "1", "--json", *quiet_static(tmp_path))]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO,
-                          env={**os.environ, "HOME": str(home)})
+    cmd = [
+        "ip",
+        "netns",
+        "exec",
+        pair.host,
+        setpriv,
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        "--inh-caps=-all",
+        *toolkit_cmd("audit", "--duration", "1", "--json", *quiet_static(tmp_path)),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=60, cwd=REPO, env={**os.environ, "HOME": str(home)}
+    )
     assert proc.returncode == 2, proc.stderr
     report = report_of(proc)
     assert "privilege" in report["capture"]["unavailable_reason"]
@@ -233,12 +303,27 @@ def test_live_capture_without_libpcap_is_inconclusive(pair, tmp_path):
     """libpcap made unloadable for this process only: /dev/null bind-mounted over the library in
     a private mount namespace, so the real loader fails the way it does on a host without it."""
     unshare = require_binary("unshare")
-    lib = next((p for p in ("/usr/lib/x86_64-linux-gnu/libpcap.so.0.8", "/usr/lib/aarch64-linux-gnu/libpcap.so.0.8")
-                if Path(p).exists()), None)
+    lib = next(
+        (
+            p
+            for p in ("/usr/lib/x86_64-linux-gnu/libpcap.so.0.8", "/usr/lib/aarch64-linux-gnu/libpcap.so.0.8")
+            if Path(p).exists()
+        ),
+        None,
+    )
     require(lib is not None, "libpcap.so.0.8 installed")
     inner = " ".join(toolkit_cmd("audit", "--duration", "1", "--json", *quiet_static(tmp_path)))
-    cmd = ["ip", "netns", "exec", pair.host, unshare, "-m", "sh", "-c",
-           f"mount --bind /dev/null {lib} && exec {inner}"]
+    cmd = [
+        "ip",
+        "netns",
+        "exec",
+        pair.host,
+        unshare,
+        "-m",
+        "sh",
+        "-c",
+        f"mount --bind /dev/null {lib} && exec {inner}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 2, proc.stderr
     assert "libpcap is not available" in report_of(proc)["capture"]["unavailable_reason"]
@@ -248,14 +333,43 @@ def test_live_kernel_drops_make_the_capture_control_inconclusive(pair, tmp_path)
     """A 1 KiB capture buffer and a burst of egress: the kernel drops, the audit says so."""
     ready = tmp_path / "ready"
     audit = subprocess.Popen(
-        ["ip", "netns", "exec", pair.host, *toolkit_cmd("audit", "--duration", "3", "--json", "--buffer-kib", "1",
-                                                          "--no-attribution", "--ready-file", str(ready),
-                                                          *quiet_static(tmp_path))],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+        [
+            "ip",
+            "netns",
+            "exec",
+            pair.host,
+            *toolkit_cmd(
+                "audit",
+                "--duration",
+                "3",
+                "--json",
+                "--buffer-kib",
+                "1",
+                "--no-attribution",
+                "--ready-file",
+                str(ready),
+                *quiet_static(tmp_path),
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     _wait_file(ready, audit)
-    subprocess.run(["ip", "netns", "exec", pair.host, sys.executable, "-c",
-                    "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
-                    f"[s.sendto(b'y'*600,('{PEER_V4}',9999)) for _ in range(30000)]"], check=True)
+    subprocess.run(
+        [
+            "ip",
+            "netns",
+            "exec",
+            pair.host,
+            sys.executable,
+            "-c",
+            "import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\n"
+            f"[s.sendto(b'y'*600,('{PEER_V4}',9999)) for _ in range(30000)]",
+        ],
+        check=True,
+    )
     out, err = audit.communicate(timeout=60)
     report = report_of(subprocess.CompletedProcess([], audit.returncode, out, err))
     stats = report["capture"]["stats"]
@@ -264,3 +378,39 @@ def test_live_kernel_drops_make_the_capture_control_inconclusive(pair, tmp_path)
     assert "dropped" in control(report, "CAPTURE-001")["detail"]
     assert report["verdict"] != "PASS"
     assert shutil.which("ip")
+
+
+def test_listener_beyond_loopback_fails_listen_001_with_its_process(pair, tmp_path):
+    from scapy.all import IP, UDP, Ether, wrpcap
+
+    cap = tmp_path / "lo.pcap"
+    wrpcap(str(cap), [Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP()])
+    server = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            pair.host,
+            sys.executable,
+            "-c",
+            "import socket,time\na=socket.socket();a.bind(('127.0.0.1',8000));a.listen()\n"
+            "b=socket.socket();b.bind(('0.0.0.0',11434));b.listen()\nprint('ready',flush=True);time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        proc = run_toolkit(
+            "audit", "--pcap", str(cap), "--static", "--json", *quiet_static(tmp_path), ns=pair.host
+        )
+    finally:
+        server.kill()
+        server.wait()
+    listen = control(report_of(proc), "LISTEN-001")
+    assert proc.returncode == 1 and listen["status"] == "fail"
+    assert [(i["address"], i["port"]) for i in listen["items"]] == [("0.0.0.0", 11434)]
+    assert (
+        listen["items"][0]["process"]["pid"] == server.pid
+        or "python" in listen["items"][0]["process"]["comm"]
+    )

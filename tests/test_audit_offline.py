@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 from audit_support import control, report_of, run_toolkit
-from scapy.all import ARP, DNS, DNSQR, DNSRR, IP, TCP, UDP, BOOTP, DHCP, Ether, IPv6, wrpcap
+from scapy.all import ARP, BOOTP, DHCP, DNS, DNSQR, DNSRR, IP, TCP, UDP, Ether, IPv6, wrpcap
 from scapy.layers.inet6 import ICMPv6ND_NS
-from scapy.layers.tls.all import TLS, TLSClientHello, TLS_Ext_ServerName, ServerName
+from scapy.layers.tls.all import TLS, ServerName, TLS_Ext_ServerName, TLSClientHello
 from scapy.utils import PcapNgWriter
 
 from toolkit.audit.capture import offline_capture
@@ -19,20 +19,37 @@ WS, DNS_SRV, HUB, QUIC_SRV = "192.0.2.10", "198.51.100.53", "203.0.113.7", "203.
 
 
 def phone_home_packets() -> list:
-    hello = TLS(msg=TLSClientHello(ext=[TLS_Ext_ServerName(servernames=[ServerName(servername=b"huggingface.co")])]))
+    hello = TLS(
+        msg=TLSClientHello(ext=[TLS_Ext_ServerName(servernames=[ServerName(servername=b"huggingface.co")])])
+    )
     return [
         E / IP(src="127.0.0.1", dst="127.0.0.1") / TCP(sport=40000, dport=8000, flags="S"),
-        E / IP(src=WS, dst=DNS_SRV) / UDP(sport=40001, dport=53) / DNS(rd=1, qd=DNSQR(qname="huggingface.co")),
-        E / IP(src=DNS_SRV, dst=WS) / UDP(sport=53, dport=40001) / DNS(
-            qr=1, qd=DNSQR(qname="huggingface.co"),
-            an=[DNSRR(rrname="huggingface.co", type="CNAME", rdata="hub.cdn.example"),
-                DNSRR(rrname="hub.cdn.example", type="A", rdata=HUB)]),
+        E
+        / IP(src=WS, dst=DNS_SRV)
+        / UDP(sport=40001, dport=53)
+        / DNS(rd=1, qd=DNSQR(qname="huggingface.co")),
+        E
+        / IP(src=DNS_SRV, dst=WS)
+        / UDP(sport=53, dport=40001)
+        / DNS(
+            qr=1,
+            qd=DNSQR(qname="huggingface.co"),
+            an=[
+                DNSRR(rrname="huggingface.co", type="CNAME", rdata="hub.cdn.example"),
+                DNSRR(rrname="hub.cdn.example", type="A", rdata=HUB),
+            ],
+        ),
         E / IP(src=WS, dst=HUB) / TCP(sport=50000, dport=443, flags="S"),
         E / IP(src=HUB, dst=WS) / TCP(sport=443, dport=50000, flags="SA"),
         E / IP(src=WS, dst=HUB) / TCP(sport=50000, dport=443, flags="PA") / bytes(hello),
-        E / IPv6(src="2001:db8::10", dst="2001:db8:1::80") / TCP(sport=50001, dport=80, flags="PA")
+        E
+        / IPv6(src="2001:db8::10", dst="2001:db8:1::80")
+        / TCP(sport=50001, dport=80, flags="PA")
         / b"GET /update HTTP/1.1\r\nHost: update.example.org\r\n\r\n",
-        E / IP(src=WS, dst=QUIC_SRV) / UDP(sport=50002, dport=443) / (bytes([0xC3, 0, 0, 0, 1, 8]) + bytes(1200)),
+        E
+        / IP(src=WS, dst=QUIC_SRV)
+        / UDP(sport=50002, dport=443)
+        / (bytes([0xC3, 0, 0, 0, 1, 8]) + bytes(1200)),
         # Someone from outside opens a connection to the workstation: inbound, by its SYN.
         E / IP(src="198.51.100.99", dst=WS) / TCP(sport=61000, dport=22, flags="S"),
         E / IP(src=WS, dst="198.51.100.99") / TCP(sport=22, dport=61000, flags="SA"),
@@ -43,8 +60,14 @@ def link_local_packets() -> list:
     return [
         E / ARP(psrc="192.0.2.10", pdst="192.0.2.1"),
         E / IPv6(src="fe80::1", dst="ff02::1:ff00:2") / ICMPv6ND_NS(tgt="fe80::2"),
-        E / IP(src="0.0.0.0", dst="255.255.255.255") / UDP(sport=68, dport=67) / BOOTP() / DHCP(options=[("message-type", "discover"), "end"]),
-        E / IP(src="192.0.2.10", dst="224.0.0.22", proto=2) / bytes.fromhex("2200f9020000000104000000e00000fb"),
+        E
+        / IP(src="0.0.0.0", dst="255.255.255.255")
+        / UDP(sport=68, dport=67)
+        / BOOTP()
+        / DHCP(options=[("message-type", "discover"), "end"]),
+        E
+        / IP(src="192.0.2.10", dst="224.0.0.22", proto=2)
+        / bytes.fromhex("2200f9020000000104000000e00000fb"),
     ]
 
 
@@ -74,7 +97,9 @@ def test_offline_names_every_egress_flow_by_dns_sni_http_host_and_flags_quic(cra
     http = by_remote(r, "2001:db8:1::80", 80)
     assert http["http_host"] == ["update.example.org"] and http["local_address"] == "2001:db8::10"
     quic = by_remote(r, QUIC_SRV, 443)
-    assert quic["protocol"] == "quic" and quic["quic"] is True and quic["direction_evidence"] == "quic-initial"
+    assert (
+        quic["protocol"] == "quic" and quic["quic"] is True and quic["direction_evidence"] == "quic-initial"
+    )
     assert len(r["findings"]) == 5  # the loopback SYN is not among them
 
 
@@ -102,15 +127,27 @@ def test_offline_pcapng_written_by_scapy_gives_the_same_findings_as_pcap(crafted
     with PcapNgWriter(str(ng)) as w:
         for p in phone_home_packets():
             w.write(p)
-    a = {(f.protocol, f.remote_address, f.remote_port, tuple(f.names)) for f in offline_capture(crafted, default_policy()).flows}
-    b = {(f.protocol, f.remote_address, f.remote_port, tuple(f.names)) for f in offline_capture(ng, default_policy()).flows}
+    a = {
+        (f.protocol, f.remote_address, f.remote_port, tuple(f.names))
+        for f in offline_capture(crafted, default_policy()).flows
+    }
+    b = {
+        (f.protocol, f.remote_address, f.remote_port, tuple(f.names))
+        for f in offline_capture(ng, default_policy()).flows
+    }
     assert a == b and len(a) == 5
 
 
 def test_offline_loopback_only_capture_passes_with_exit_0(tmp_path):
     path = tmp_path / "lo.pcap"
-    wrpcap(str(path), [E / IP(src="127.0.0.1", dst="127.0.0.2") / UDP(sport=1, dport=2),
-                       E / IPv6(src="::1", dst="::1") / TCP(sport=3, dport=4, flags="S")] * 50)
+    wrpcap(
+        str(path),
+        [
+            E / IP(src="127.0.0.1", dst="127.0.0.2") / UDP(sport=1, dport=2),
+            E / IPv6(src="::1", dst="::1") / TCP(sport=3, dport=4, flags="S"),
+        ]
+        * 50,
+    )
     proc = run_toolkit("audit", "--pcap", str(path), "--json")
     assert proc.returncode == 0, proc.stderr
     assert report_of(proc)["verdict"] == "PASS"

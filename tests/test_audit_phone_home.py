@@ -47,7 +47,8 @@ while True:
         qtype = q.qd[0].qtype
     except Exception:
         continue
-    an = [DNSRR(rrname=name + ".", type="A", ttl=60, rdata=answers.get(name, answers["*"]))] if qtype == 1 else []
+    addr = answers.get(name, answers["*"])
+    an = [DNSRR(rrname=name + ".", type="A", ttl=60, rdata=addr)] if qtype == 1 else []
     u.sendto(bytes(DNS(id=q.id, qr=1, aa=1, rd=q.rd, ra=1, qd=q.qd, an=an)), src)
 """
 
@@ -69,32 +70,75 @@ def phone_home(tmp_path_factory):
     peer = None
     try:
         for addr in {*ANSWERS.values(), OTHER}:
-            subprocess.run(["ip", "-n", pair.peer, "addr", "add", f"{addr}/32", "dev",
-                            pair.veth_host.replace("audh", "audp")], check=True)
+            subprocess.run(
+                [
+                    "ip",
+                    "-n",
+                    pair.peer,
+                    "addr",
+                    "add",
+                    f"{addr}/32",
+                    "dev",
+                    pair.veth_host.replace("audh", "audp"),
+                ],
+                check=True,
+            )
         etc = Path("/etc/netns") / pair.host
         etc.mkdir(parents=True, exist_ok=True)
         (etc / "resolv.conf").write_text(f"nameserver {PEER_V4}\noptions timeout:1 attempts:1\n")
-        peer = subprocess.Popen(["ip", "netns", "exec", pair.peer, sys.executable, "-c", PEER, PEER_V4,
-                                 *(f"{k}={v}" for k, v in ANSWERS.items()), f"*={OTHER}"],
-                                stdout=subprocess.PIPE, text=True)
+        peer = subprocess.Popen(
+            [
+                "ip",
+                "netns",
+                "exec",
+                pair.peer,
+                sys.executable,
+                "-c",
+                PEER,
+                PEER_V4,
+                *(f"{k}={v}" for k, v in ANSWERS.items()),
+                f"*={OTHER}",
+            ],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         assert peer.stdout.readline().strip() == "ready"
         ready = tmp / "ready"
         audit = subprocess.Popen(
-            ["ip", "netns", "exec", pair.host, *toolkit_cmd("audit", "--duration", "16", "--json", "--ready-file",
-                                                              str(ready), *quiet_static(tmp))],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+            [
+                "ip",
+                "netns",
+                "exec",
+                pair.host,
+                *toolkit_cmd(
+                    "audit", "--duration", "16", "--json", "--ready-file", str(ready), *quiet_static(tmp)
+                ),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=REPO,
+        )
         deadline = time.monotonic() + 30
         while not ready.exists():
             assert audit.poll() is None and time.monotonic() < deadline, "audit did not start"
             time.sleep(0.1)
         # No proxy, no offline switches: the programs behave as they do on a workstation.
-        env = {k: v for k, v in os.environ.items()
-               if "proxy" not in k.lower() and not k.startswith("HF_") and not k.startswith("GIT_")}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if "proxy" not in k.lower() and not k.startswith("HF_") and not k.startswith("GIT_")
+        }
         env.update(HOME=str(tmp), GIT_TERMINAL_PROMPT="0")
         ns = ["ip", "netns", "exec", pair.host, "timeout", "5"]
-        subprocess.run([*ns, curl, "-sS", "--max-time", "3", "https://huggingface.co/api/models"],
-                       env=env, capture_output=True)
-        subprocess.run([*ns, git, "ls-remote", "https://github.com/vllm-project/vllm"], env=env, capture_output=True)
+        subprocess.run(
+            [*ns, curl, "-sS", "--max-time", "3", "https://huggingface.co/api/models"],
+            env=env,
+            capture_output=True,
+        )
+        subprocess.run(
+            [*ns, git, "ls-remote", "https://github.com/vllm-project/vllm"], env=env, capture_output=True
+        )
         subprocess.run([*ns, sys.executable, "-c", HF], env=env, capture_output=True)
         out, err = audit.communicate(timeout=60)
         yield report_of(subprocess.CompletedProcess([], audit.returncode, out, err)), audit.returncode
@@ -124,14 +168,23 @@ def test_audit_names_by_dns_every_host_the_programs_tried(phone_home):
 
 def test_audit_attributes_each_phone_home_to_the_program_that_sent_it(phone_home):
     report, _ = phone_home
-    curl = [f["process"] for f in _tls_flows(report, "huggingface.co")
-            if f["process"] and "curl" in (f["process"].get("cmdline") or "")]
+    curl = [
+        f["process"]
+        for f in _tls_flows(report, "huggingface.co")
+        if f["process"] and "curl" in (f["process"].get("cmdline") or "")
+    ]
     assert curl and curl[0]["status"] == "attributed" and curl[0]["user"] == "root"
-    hub = [f["process"] for f in _tls_flows(report, "huggingface.co")
-           if f["process"] and "HfApi" in (f["process"].get("cmdline") or "")]
+    hub = [
+        f["process"]
+        for f in _tls_flows(report, "huggingface.co")
+        if f["process"] and "HfApi" in (f["process"].get("cmdline") or "")
+    ]
     assert hub, [f["process"] for f in _tls_flows(report, "huggingface.co")]
-    git = [f["process"] for f in _tls_flows(report, "github.com")
-           if f["process"] and "git" in (f["process"].get("comm") or "")]
+    git = [
+        f["process"]
+        for f in _tls_flows(report, "github.com")
+        if f["process"] and "git" in (f["process"].get("comm") or "")
+    ]
     assert git
     att = report["attribution"]
     assert att["method"] == "proc-net+fd-scan"

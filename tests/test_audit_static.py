@@ -50,7 +50,9 @@ def test_continue_config_with_cloud_provider_or_remote_apibase_fails_and_local_p
 
 def test_continue_telemetry_reads_sharedconfig_and_treats_unset_as_on(tmp_path):
     off = _home(tmp_path, "off")
-    (off / ".continue/index/globalContext.json").write_text(json.dumps({"sharedConfig": {"allowAnonymousTelemetry": False}}))
+    (off / ".continue/index/globalContext.json").write_text(
+        json.dumps({"sharedConfig": {"allowAnonymousTelemetry": False}})
+    )
     assert check_continue_telemetry([off], RULES["continue"]).status == "pass"
     unset = _home(tmp_path, "unset")
     on = _home(tmp_path, "on")
@@ -81,9 +83,10 @@ def test_units_missing_opt_out_variables_fail_per_product(tmp_path):
     )
     dropin = units / "vllm-chat.service.d"
     dropin.mkdir()
-    (dropin / "hub.conf").write_text("[Service]\nEnvironment=\"HF_HUB_OFFLINE=1\"\n")
+    (dropin / "hub.conf").write_text('[Service]\nEnvironment="HF_HUB_OFFLINE=1"\n')
     (units / "ollama.service").write_text(
-        "[Service]\nEnvironment=OLLAMA_HOST=0.0.0.0:11434\nEnvironment=OLLAMA_NO_CLOUD=1\nExecStart=/usr/bin/ollama serve\n"
+        "[Service]\nEnvironment=OLLAMA_HOST=0.0.0.0:11434\nEnvironment=OLLAMA_NO_CLOUD=1\n"
+        "ExecStart=/usr/bin/ollama serve\n"
     )
     (units / "other.service").write_text("[Service]\nExecStart=/bin/true\n")
     vllm, ollama = check_units([units], RULES["units"])
@@ -92,19 +95,25 @@ def test_units_missing_opt_out_variables_fail_per_product(tmp_path):
     assert ollama.control == "TELEMETRY-004" and ollama.status == "fail"
     assert "OLLAMA_HOST='0.0.0.0:11434' is not a loopback address" in ollama.items[0]["issue"]
     (dropin / "hub.conf").write_text("[Service]\nEnvironment=HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1\n")
-    (units / "ollama.service").write_text("[Service]\nEnvironment=OLLAMA_NO_CLOUD=1\nExecStart=/usr/bin/ollama serve\n")
+    (units / "ollama.service").write_text(
+        "[Service]\nEnvironment=OLLAMA_NO_CLOUD=1\nExecStart=/usr/bin/ollama serve\n"
+    )
     assert [r.status for r in check_units([units], RULES["units"])] == ["pass", "pass"]
 
 
 def test_parse_unit_and_proc_socket_tables_from_recorded_text():
     env, files, execs = parse_unit('[Service]\nEnvironment="A=1" B=2\nExecStart=/bin/x --y\n')
     assert env == {"A": "1", "B": "2"} and execs == ["/bin/x --y"] and files == []
-    tcp = ("  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
-           "   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000   998        0 4242 1\n"
-           "   1: 00000000:2CE6 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4343 1\n")
+    tcp = (
+        "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+        "   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000   998        0 4242 1\n"
+        "   1: 00000000:2CE6 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 4343 1\n"
+    )
     socks = parse_socket_table(tcp, "tcp")
     assert [(s.local, s.state, s.uid, s.inode) for s in socks] == [
-        (("127.0.0.1", 8000), "0A", 998, 4242), (("0.0.0.0", 11494), "0A", 0, 4343)]
+        (("127.0.0.1", 8000), "0A", 998, 4242),
+        (("0.0.0.0", 11494), "0A", 0, 4343),
+    ]
 
 
 def test_cli_static_checks_use_injected_homes_and_units(tmp_path):
@@ -118,7 +127,9 @@ def test_cli_static_checks_use_injected_homes_and_units(tmp_path):
     wrpcap(str(cap), [Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP()])
     units = tmp_path / "units"
     units.mkdir()
-    proc = run_toolkit("audit", "--pcap", str(cap), "--static", "--home", str(home), "--unit-dir", str(units), "--json")
+    proc = run_toolkit(
+        "audit", "--pcap", str(cap), "--static", "--home", str(home), "--unit-dir", str(units), "--json"
+    )
     r = report_of(proc)
     assert proc.returncode == 1
     assert control(r, "CONFIG-001")["status"] == "fail" and control(r, "TELEMETRY-001")["status"] == "fail"

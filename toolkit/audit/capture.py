@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import ctypes
 import json
+import mmap
 import os
 import secrets
 import select
 import socket
 import struct
 import subprocess
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -42,7 +44,7 @@ from toolkit.audit.flows import Flow, FlowTable, finalize
 from toolkit.audit.names import (
     DNS_PORTS,
     NameBook,
-    dns_names,
+    dissect_dns,
     http_host,
     is_http_request,
     is_quic_initial,
@@ -100,6 +102,8 @@ class Processor:
         self.probes_seen = 0
         self.out_by_ifindex: Counter = Counter()
         self.undecoded = 0
+        self.dns_cache: dict[bytes, tuple] = {}
+        self.addr_cache: dict[bytes, str] = {}
         self.on_new_flow: Callable[[Any, str, tuple, tuple], None] | None = None
 
     # The hot path: keep it flat, no per-packet allocation beyond what the flow needs.
@@ -139,8 +143,11 @@ class Processor:
             total = (data[off + 2] << 8) | data[off + 3]
             frag = ((data[off + 6] << 8) | data[off + 7]) & 0x1FFF
             proto = data[off + 9]
-            src = _ntop(_inet4, data[off + 12 : off + 16])
-            dst = _ntop(_inet4, data[off + 16 : off + 20])
+            ac = self.addr_cache
+            raw = data[off + 12 : off + 16]
+            src = ac.get(raw) or self._addr(_inet4, raw)
+            raw = data[off + 16 : off + 20]
+            dst = ac.get(raw) or self._addr(_inet4, raw)
             l4 = off + ihl
             end = off + total if total else len(data)
             if frag:
@@ -148,8 +155,11 @@ class Processor:
         elif etype == 0x86DD:
             plen = (data[off + 4] << 8) | data[off + 5]
             proto = data[off + 6]
-            src = _ntop(_inet6, data[off + 8 : off + 24])
-            dst = _ntop(_inet6, data[off + 24 : off + 40])
+            ac = self.addr_cache
+            raw = data[off + 8 : off + 24]
+            src = ac.get(raw) or self._addr(_inet6, raw)
+            raw = data[off + 24 : off + 40]
+            dst = ac.get(raw) or self._addr(_inet6, raw)
             l4 = off + 40
             end = l4 + plen if plen else len(data)
             while proto in (0, 43, 60, 51, 44) and l4 + 8 <= len(data):
@@ -239,7 +249,18 @@ class Processor:
                         st.opener, st.evidence = (src, sport), "http-request"
         elif proto == 17 and payload:
             if sport in DNS_PORTS or dport in DNS_PORTS:
-                is_query, names = dns_names(payload, self.book)
+                # Clients repeat the same queries: dissect each distinct message (id aside) once.
+                key = payload[2:]
+                hit = self.dns_cache.get(key)
+                if hit is None:
+                    hit = dissect_dns(payload)
+                    if len(self.dns_cache) < 10000:
+                        self.dns_cache[key] = hit
+                is_query, names, answers = hit
+                if is_query:
+                    self.book.queried.update(names)
+                for addr, chain in answers:
+                    self.book.by_address[addr].update(chain)
                 if is_query:
                     st.queried.update(names)
                     if st.opener is None or st.evidence != "dns-query":
@@ -254,6 +275,12 @@ class Processor:
                     st.opener, st.evidence = (src, sport), "quic-initial"
         elif proto in (1, 58) and flags in (8, 128) and st.opener is None:
             st.opener, st.evidence = (src, 0), "icmp-echo-request"
+
+    def _addr(self, family: int, raw: bytes) -> str:
+        text = _ntop(family, raw)
+        if len(self.addr_cache) < 65536:
+            self.addr_cache[bytes(raw)] = text
+        return text
 
     def _link(self, kind: str, src: str, dst: str) -> None:
         self.link[kind] += 1
@@ -321,17 +348,20 @@ def offline_capture(path: Path, policy: Policy) -> CaptureResult:
     handle = pcap.pcap_open_offline(str(path).encode(), errbuf)
     if not handle:
         raise AuditUsageError(f"--pcap {path}: {errbuf.value.decode(errors='replace')}")
-    try:
-        dlt = pcap.pcap_datalink(handle)
-        _compile(pcap, handle, expr)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="toolkit-audit-") as tmp:
+        filtered = Path(tmp) / "candidates.pcap"
+        try:
+            dlt = pcap.pcap_datalink(handle)
+            _compile(pcap, handle, expr)
+            rc = _filter_to_file(pcap, handle, filtered)
+            if rc == -1:
+                raise AuditUsageError(f"--pcap {path}: {pcap.pcap_geterr(handle).decode(errors='replace')}")
+        finally:
+            pcap.pcap_close(handle)
         proc = Processor(dlt)
-        started = time.perf_counter()
-        rc = _read(pcap, handle, proc)
-        elapsed = time.perf_counter() - started
-        if rc == -1:
-            raise AuditUsageError(f"--pcap {path}: {pcap.pcap_geterr(handle).decode(errors='replace')}")
-    finally:
-        pcap.pcap_close(handle)
+        _read_savefile(filtered, proc)
+    elapsed = time.perf_counter() - started
     result = CaptureResult("offline", str(path), expr)
     result.stats = {
         "datalink": dlt,
@@ -343,6 +373,42 @@ def offline_capture(path: Path, policy: Policy) -> CaptureResult:
         result.problems.append(f"the capture file {path} holds no packet: nothing was seen")
     _fill(result, proc, policy, set())
     return result
+
+
+def _filter_to_file(pcap, handle, out: Path) -> int:
+    """Run the whole file through the BPF filter inside libpcap and let libpcap's own pcap_dump
+    write what passes: no Python runs per packet while the (mostly allowed) bulk is skipped."""
+    dumper = pcap.pcap_dump_open(handle, str(out).encode())
+    if not dumper:
+        raise CaptureUnavailable(f"cannot write {out}: {pcap.pcap_geterr(handle).decode(errors='replace')}")
+    try:
+        callback = pcap.pcap_handler(ctypes.cast(pcap._lib.pcap_dump, ctypes.c_void_p).value)
+        return pcap.pcap_dispatch(handle, -1, callback, ctypes.cast(dumper, ctypes.POINTER(ctypes.c_ubyte)))
+    finally:
+        pcap.pcap_dump_close(dumper)
+
+
+def _read_savefile(path: Path, proc: Processor) -> None:
+    """Feed the records of a classic pcap file (as pcap_dump wrote it) to ``proc``, from headers."""
+    if path.stat().st_size <= 24:
+        return
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        magic = data[:4]
+        endian = "<" if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1") else ">"
+        nano = magic in (b"\x4d\x3c\xb2\xa1", b"\xa1\xb2\x3c\x4d")
+        scale = 1e-9 if nano else 1e-6
+        rec = struct.Struct(endian + "IIII")
+        unpack_from = rec.unpack_from
+        handle = proc.handle
+        off, size = 24, len(data)
+        while off + 16 <= size:
+            sec, frac, caplen, wirelen = unpack_from(data, off)
+            off += 16
+            try:
+                handle(sec + frac * scale, wirelen, data[off : off + caplen])
+            except (IndexError, struct.error, ValueError):
+                proc.undecoded += 1
+            off += caplen
 
 
 def _has_any_packet(pcap, path: Path) -> bool:

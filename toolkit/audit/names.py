@@ -83,20 +83,30 @@ def http_host(payload: bytes) -> str | None:
 
 def dns_names(payload: bytes, book: NameBook) -> tuple[bool, list[str]]:
     """Dissect one DNS message with scapy: (is_query, names it carries); answers go into ``book``."""
+    is_query, names, answers = dissect_dns(payload)
+    if is_query:
+        book.queried.update(names)
+    for addr, chain in answers:
+        book.by_address[addr].update(chain)
+    return is_query, names
+
+
+def dissect_dns(payload: bytes) -> tuple[bool, list[str], list[tuple[str, list[str]]]]:
+    """(is_query, names, [(address, names that resolve to it)]) of one DNS message (pure)."""
     from scapy.layers.dns import DNS  # imported here: only flows with DNS pay for it
 
     try:
         msg = DNS(payload)
     except Exception:  # scapy raises many types on garbage; a broken DNS packet names nothing
-        return False, []
+        return False, [], []
     names: list[str] = []
     for q in _records(getattr(msg, "qd", None)):
         qname = _text(getattr(q, "qname", b""))
         if qname:
             names.append(qname)
     if not msg.qr:
-        book.queried.update(names)
-        return True, names
+        return True, names, []
+    answers: list[tuple[str, list[str]]] = []
     # Follow CNAMEs: every name in the chain is a name for the final addresses.
     alias_of: dict[str, set[str]] = defaultdict(set)
     for rr in _records(getattr(msg, "an", None)):
@@ -109,9 +119,9 @@ def dns_names(payload: bytes, book: NameBook) -> tuple[bool, list[str]]:
             chain = {rrname} | alias_of.get(rrname, set())
             for name in list(chain):
                 chain |= alias_of.get(name, set())
-            book.by_address[str(rr.rdata)].update(n for n in chain if n)
+            answers.append((str(rr.rdata), sorted(n for n in chain if n)))
             names.extend(sorted(chain))
-    return False, sorted(set(names))
+    return False, sorted(set(names)), answers
 
 
 def _records(section: object) -> list:

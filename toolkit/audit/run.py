@@ -98,6 +98,7 @@ def run_audit(opts: AuditOptions, stop: Event | None = None, progress=None) -> d
         if opts.pcap is not None:
             cap = offline_capture(opts.pcap, opts.policy)
         else:
+
             def on_live() -> None:
                 if opts.ready_file is not None:
                     opts.ready_file.write_text(f"{os.getpid()}\n")

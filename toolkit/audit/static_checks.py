@@ -64,7 +64,9 @@ def run_static_checks(inputs: StaticInputs, rules: dict[str, Any] | None = None)
         try:
             out += check()
         except OSError as err:  # unreadable input: cannot be decided, so not a pass
-            out.append(Result(control, "inconclusive", f"cannot read {err.filename or ''}: {err.strerror or err}"))
+            out.append(
+                Result(control, "inconclusive", f"cannot read {err.filename or ''}: {err.strerror or err}")
+            )
     return out
 
 
