@@ -120,6 +120,12 @@ def audit(
     attribution: bool = typer.Option(
         True, "--attribution/--no-attribution", help="Attribute flows to processes."
     ),
+    guard: bool = typer.Option(
+        False,
+        "--guard",
+        help="Also judge the egress guard (GUARD-001..003: nftables table loaded, "
+        "what it blocked, phone-home names sinkholed); needs the egress_guard helper.",
+    ),
     ready_file: Path | None = typer.Option(
         None,
         "--ready-file",
@@ -131,6 +137,10 @@ def audit(
     from toolkit.audit.static_checks import StaticInputs
     from toolkit.audit.waivers import load_waivers
 
+    if guard:
+        from toolkit.audit.extensions import enable_guard
+
+        enable_guard()
     if pcap is not None and (interface != "any"):
         raise AuditUsageError("--pcap and --interface exclude each other")
     opts = AuditOptions(
