@@ -8,7 +8,6 @@ tshark (pcapng), and the audit must find the same flows in those files offline.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -370,7 +369,6 @@ def test_live_kernel_drops_make_the_capture_control_inconclusive(pair, tmp_path)
     assert control(report, "CAPTURE-001")["status"] == "inconclusive"
     assert "dropped" in control(report, "CAPTURE-001")["detail"]
     assert report["verdict"] != "PASS"
-    assert shutil.which("ip")
 
 
 def test_listener_beyond_loopback_fails_listen_001_with_its_process(pair, tmp_path):
@@ -407,3 +405,31 @@ def test_listener_beyond_loopback_fails_listen_001_with_its_process(pair, tmp_pa
         listen["items"][0]["process"]["pid"] == server.pid
         or "python" in listen["items"][0]["process"]["comm"]
     )
+
+
+def test_live_capture_until_ctrl_c_still_runs_its_end_probe_and_reports(pair, tmp_path):
+    ready = tmp_path / "ready"
+    audit = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            pair.host,
+            *toolkit_cmd(
+                "audit", "--duration", "0", "--json", "--ready-file", str(ready), *quiet_static(tmp_path)
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    _wait_file(ready, audit)
+    time.sleep(1)
+    audit.send_signal(signal.SIGINT)
+    out, err = audit.communicate(timeout=60)
+    report = report_of(subprocess.CompletedProcess([], audit.returncode, out, err))
+    assert audit.returncode == 0, err
+    assert report["capture"]["stats"]["interrupted"] is True
+    assert report["capture"]["stats"]["probes_seen"] == 2

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from threading import Event
@@ -169,4 +169,4 @@ def run_audit(opts: AuditOptions, stop: Event | None = None, progress=None) -> d
     }
 
 
-__all__ = ["AuditOptions", "run_audit", "capture_results", "asdict"]
+__all__ = ["AuditOptions", "run_audit", "capture_results"]
