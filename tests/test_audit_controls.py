@@ -73,3 +73,11 @@ def test_guard_findings_map_to_audit_results_with_blocked_as_evidence_not_failur
         ("GUARD-003", "fail"),
     ]
     assert {c.id for c in GUARD_CONTROLS} == {"GUARD-001", "GUARD-002", "GUARD-003"}
+
+
+def test_interface_that_sent_packets_the_capture_never_saw_is_named_as_blind():
+    from toolkit.audit.capture import blind_interfaces
+
+    sent = {"lo": 500, "eth0": 12, "wlan0": 3, "ifb0": 9, "veth1": 0}
+    seen = {"lo": 0, "eth0": 12, "wlan0": 0, "ifb0": 0, "veth1": 0}
+    assert blind_interfaces(sent, seen) == ["wlan0"]

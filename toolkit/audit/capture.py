@@ -424,11 +424,14 @@ def _has_any_packet(pcap, path: Path) -> bool:
         pcap.pcap_close(handle)
 
 
-def _fill(result: CaptureResult, proc: Processor, policy: Policy, local: set[str]) -> None:
+def _fill(
+    result: CaptureResult, proc: Processor, policy: Policy, local: set[str], live: bool = False
+) -> None:
     names = {}
     for ifindex in {i for st in proc.table.flows.values() for i in st.interfaces}:
+        # Interface names only mean something on the machine that captured: offline, keep the index.
         try:
-            names[ifindex] = socket.if_indextoname(ifindex)
+            names[ifindex] = socket.if_indextoname(ifindex) if live else f"ifindex {ifindex}"
         except OSError:
             names[ifindex] = f"ifindex {ifindex}"
     for st in proc.table.flows.values():
@@ -592,7 +595,7 @@ def live_capture(
     }
     seen_out = {name: proc.out_by_ifindex.get(c["ifindex"], 0) for name, c in counters_end.items()}
     if dlt == DLT_LINUX_SLL2 and policy.loopback_only:
-        blind = [n for n, s in sent.items() if n != "lo" and s > 0 and seen_out.get(n, 0) == 0]
+        blind = blind_interfaces(sent, seen_out)
         if blind:
             result.problems.append(
                 "interface(s) sent packets the capture never saw: "
@@ -613,10 +616,21 @@ def live_capture(
         "interfaces_seen_sending": seen_out if dlt == DLT_LINUX_SLL2 else None,
         "local_addresses": sorted(local),
     }
-    _fill(result, proc, policy, local)
+    _fill(result, proc, policy, local, live=True)
     if attributor is not None:
         result.attribution = attributor.stats()
     return result
+
+
+def blind_interfaces(sent: dict[str, int], seen_out: dict[str, int]) -> list[str]:
+    """Interfaces that sent packets (kernel counters) of which the capture saw none (pure).
+    Only meaningful under a loopback-only policy, where every such packet is a candidate."""
+    # lo is allowed traffic; ifb devices re-inject tc-shaped traffic without passing packet taps.
+    return [
+        n
+        for n, s in sorted(sent.items())
+        if n != "lo" and not n.startswith("ifb") and s > 0 and seen_out.get(n, 0) == 0
+    ]
 
 
 def _attribution_hook(attributor: Attributor, local: set[str], policy: Policy):
