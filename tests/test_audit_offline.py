@@ -188,3 +188,11 @@ def test_unreadable_pcap_and_unknown_option_exit_64_not_2(tmp_path):
     assert proc.returncode == 64 and "Traceback" not in proc.stderr
     assert run_toolkit("audit", "--no-such-option").returncode == 64
     assert run_toolkit("audit", "--pcap", str(tmp_path / "missing.pcap")).returncode == 64
+
+
+def test_garbage_on_port_53_names_nothing_and_does_not_decide_direction(tmp_path):
+    path = tmp_path / "junk53.pcap"
+    wrpcap(str(path), [E / IP(src=WS, dst=DNS_SRV) / UDP(sport=40009, dport=53) / b"x"])
+    (flow,) = offline_capture(path, default_policy()).flows
+    assert flow.names == [] and flow.direction_evidence != "dns-response"
+    assert (flow.direction, flow.remote_port) == ("outbound", 53)  # by port: 53 is the server's

@@ -256,19 +256,20 @@ class Processor:
                     hit = dissect_dns(payload)
                     if len(self.dns_cache) < 10000:
                         self.dns_cache[key] = hit
-                is_query, names, answers = hit
-                if is_query:
-                    self.book.queried.update(names)
-                for addr, chain in answers:
-                    self.book.by_address[addr].update(chain)
-                if is_query:
-                    st.queried.update(names)
-                    if st.opener is None or st.evidence != "dns-query":
-                        st.opener, st.evidence = (src, sport), "dns-query"
-                else:
-                    st.names.update(names)
-                    if st.opener is None:
-                        st.opener, st.evidence = (dst, dport), "dns-response"
+                if hit is not None:
+                    is_query, names, answers = hit
+                    if is_query:
+                        self.book.queried.update(names)
+                    for addr, chain in answers:
+                        self.book.by_address[addr].update(chain)
+                    if is_query:
+                        st.queried.update(names)
+                        if st.opener is None or st.evidence != "dns-query":
+                            st.opener, st.evidence = (src, sport), "dns-query"
+                    else:
+                        st.names.update(names)
+                        if st.opener is None:
+                            st.opener, st.evidence = (dst, dport), "dns-response"
             elif (dport == 443 or sport == 443) and is_quic_initial(payload):
                 st.tags.add("quic")
                 if dport == 443 and st.evidence != "quic-initial":

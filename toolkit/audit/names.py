@@ -83,7 +83,10 @@ def http_host(payload: bytes) -> str | None:
 
 def dns_names(payload: bytes, book: NameBook) -> tuple[bool, list[str]]:
     """Dissect one DNS message with scapy: (is_query, names it carries); answers go into ``book``."""
-    is_query, names, answers = dissect_dns(payload)
+    parsed = dissect_dns(payload)
+    if parsed is None:
+        return False, []
+    is_query, names, answers = parsed
     if is_query:
         book.queried.update(names)
     for addr, chain in answers:
@@ -91,14 +94,17 @@ def dns_names(payload: bytes, book: NameBook) -> tuple[bool, list[str]]:
     return is_query, names
 
 
-def dissect_dns(payload: bytes) -> tuple[bool, list[str], list[tuple[str, list[str]]]]:
-    """(is_query, names, [(address, names that resolve to it)]) of one DNS message (pure)."""
+def dissect_dns(payload: bytes) -> tuple[bool, list[str], list[tuple[str, list[str]]]] | None:
+    """(is_query, names, [(address, names that resolve to it)]) of one DNS message, or None when
+    the payload is not DNS at all (pure)."""
+    if len(payload) < 12:  # shorter than a DNS header: whatever it is, it names nothing
+        return None
     from scapy.layers.dns import DNS  # imported here: only flows with DNS pay for it
 
     try:
         msg = DNS(payload)
     except Exception:  # scapy raises many types on garbage; a broken DNS packet names nothing
-        return False, [], []
+        return None
     names: list[str] = []
     for q in _records(getattr(msg, "qd", None)):
         qname = _text(getattr(q, "qname", b""))

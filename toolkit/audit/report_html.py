@@ -26,6 +26,7 @@ font-weight:600;color:#fff}
 code{font:12px ui-monospace,monospace;background:#f0f2f5;padding:1px 3px;border-radius:3px;
 word-break:break-all}
 .muted{color:#6a7280}
+td.addr code,td.t{white-space:nowrap}td.t{font-size:12px}
 """
 
 
@@ -73,12 +74,13 @@ def render_html(report: dict[str, Any]) -> str:
                 else _e(proc.get("status", "n/a (offline)") if proc else "n/a")
             )
             parts.append(
-                f"<tr><td>{_e(f['protocol'])}</td><td><code>{_e(f['local_address'])}:{_e(f['local_port'])}</code></td>"
-                f"<td><code>{_e(f['remote_address'])}:{_e(f['remote_port'])}</code></td>"
+                f"<tr><td>{_e(f['protocol'])}</td>"
+                f"<td class='addr'><code>{_e(f['local_address'])}:{_e(f['local_port'])}</code></td>"
+                f"<td class='addr'><code>{_e(f['remote_address'])}:{_e(f['remote_port'])}</code></td>"
                 f"<td>{_e(f['direction'])}<br><span class='muted'>{_e(f['direction_evidence'])}</span></td>"
                 f"<td>{'<br>'.join(_e(n) for n in f['names']) or '<span class=muted>none seen</span>'}</td>"
                 f"<td>{_e(f['packets'])} / {_e(f['bytes'])}</td>"
-                f"<td>{_e(f['first_seen'])}<br>{_e(f['last_seen'])}</td><td>{who}</td></tr>"
+                f"<td class='t'>{_e(f['first_seen'])}<br>{_e(f['last_seen'])}</td><td>{who}</td></tr>"
             )
         parts.append("</table>")
     else:
