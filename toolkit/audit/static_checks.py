@@ -1,0 +1,391 @@
+"""Static checks run with every audit: listeners, Continue config, telemetry flags, unit environment.
+
+Inputs are injectable (``StaticInputs``) so tests point them at real files they wrote; the defaults
+are the real places: /proc, every home under /home plus /root, /etc/systemd/system. What to look
+for is data (toolkit/data/audit_checks.yaml), not code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from toolkit.audit.attribution import (
+    TCP_LISTEN,
+    UDP_CLOSE,
+    inode_owners,
+    process_info,
+    read_sockets,
+    user_name,
+)
+from toolkit.audit.controls import Result
+
+
+@dataclass
+class StaticInputs:
+    proc_root: Path = Path("/proc")
+    homes: list[Path] | None = None  # None: /root and every directory in /home
+    unit_dirs: list[Path] = field(default_factory=lambda: [Path("/etc/systemd/system")])
+
+    def home_dirs(self) -> list[Path]:
+        if self.homes is not None:
+            return list(self.homes)
+        homes = [Path("/root")]
+        with contextlib.suppress(OSError):
+            homes += sorted(p for p in Path("/home").iterdir() if p.is_dir())
+        return homes
+
+
+def load_rules() -> dict[str, Any]:
+    return yaml.safe_load(resources.files("toolkit").joinpath("data/audit_checks.yaml").read_text())
+
+
+def run_static_checks(inputs: StaticInputs, rules: dict[str, Any] | None = None) -> list[Result]:
+    rules = rules or load_rules()
+    homes = inputs.home_dirs()
+    out: list[Result] = []
+    for control, check in (
+        ("LISTEN-001", lambda: [check_listeners(inputs.proc_root)]),
+        ("CONFIG-001", lambda: [check_continue_config(homes, rules["continue"])]),
+        ("TELEMETRY-001", lambda: [check_continue_telemetry(homes, rules["continue"])]),
+        ("TELEMETRY-002", lambda: [check_vscode_telemetry(homes, rules["vscode"])]),
+        ("TELEMETRY-003", lambda: check_units(inputs.unit_dirs, rules["units"])),
+    ):
+        try:
+            out += check()
+        except OSError as err:  # unreadable input: cannot be decided, so not a pass
+            out.append(
+                Result(control, "inconclusive", f"cannot read {err.filename or ''}: {err.strerror or err}")
+            )
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# LISTEN-001
+
+
+def _loopback(addr: str) -> bool:
+    try:
+        return ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return False
+
+
+def check_listeners(proc_root: Path) -> Result:
+    sockets = read_sockets(proc_root)
+    listening = [
+        s
+        for s in sockets
+        if (s.proto == "tcp" and s.state == TCP_LISTEN)
+        or (s.proto == "udp" and s.state == UDP_CLOSE and s.remote[1] == 0)
+    ]
+    if not (proc_root / "net" / "tcp").exists():
+        return Result("LISTEN-001", "inconclusive", f"cannot read {proc_root}/net/tcp")
+    wide = [s for s in listening if not _loopback(s.local[0])]
+    owners = inode_owners(proc_root) if wide else {}
+    items = []
+    for s in sorted(wide, key=lambda s: (s.proto, s.local[1], s.local[0])):
+        item: dict[str, Any] = {
+            "protocol": s.proto,
+            "address": s.local[0],
+            "port": s.local[1],
+            "user": user_name(s.uid),
+        }
+        pid = owners.get(s.inode)
+        item["process"] = process_info(pid, proc_root) if pid else None
+        items.append(item)
+    if not items:
+        return Result("LISTEN-001", "pass", f"{len(listening)} listener(s), all on loopback")
+    shown = ", ".join(
+        f"{i['protocol']} {i['address']}:{i['port']}"
+        + (f" ({i['process'].get('comm')})" if i["process"] else "")
+        for i in items[:6]
+    )
+    return Result("LISTEN-001", "fail", f"{len(items)} listener(s) beyond loopback: {shown}", items)
+
+
+# ---------------------------------------------------------------------------------------------
+# CONFIG-001 and TELEMETRY-001: Continue
+
+
+def _load_doc(path: Path) -> Any:
+    text = path.read_text()
+    if path.suffix == ".json":
+        return json.loads(_strip_jsonc(text))
+    return yaml.safe_load(text)
+
+
+def _strip_jsonc(text: str) -> str:
+    """JSON with comments and trailing commas (VS Code and Continue accept both) to plain JSON."""
+    out, i, n = [], 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i : j + 1])
+            i = j + 1
+        elif text.startswith("//", i):
+            i = text.find("\n", i) if text.find("\n", i) != -1 else n
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            i = n if end == -1 else end + 2
+        else:
+            out.append(c)
+            i += 1
+    return re.sub(r",(\s*[}\]])", r"\1", "".join(out))
+
+
+def _models(doc: Any) -> list[dict[str, Any]]:
+    if not isinstance(doc, dict):
+        return []
+    models = [m for m in doc.get("models") or [] if isinstance(m, dict)]
+    for key in ("tabAutocompleteModel", "embeddingsProvider", "reranker"):  # config.json (legacy)
+        value = doc.get(key)
+        for m in value if isinstance(value, list) else [value]:
+            if isinstance(m, dict):
+                models.append({**m, "_role": key})
+    return models
+
+
+def _api_base_local(api_base: str, local_hosts: list[str]) -> bool:
+    host = (urlparse(api_base).hostname or "").lower()
+    return host in local_hosts or _loopback(host)
+
+
+def check_continue_config(homes: list[Path], rules: dict[str, Any]) -> Result:
+    items, files, errors = [], [], []
+    for home in homes:
+        for rel in rules["config_files"]:
+            path = home / rel
+            if not path.is_file():
+                continue
+            files.append(str(path))
+            try:
+                doc = _load_doc(path)
+            except (OSError, ValueError, yaml.YAMLError) as err:
+                errors.append(f"{path}: cannot parse ({str(err).splitlines()[0]})")
+                continue
+            for m in _models(doc):
+                issue = _model_issue(m, rules)
+                if issue:
+                    items.append(
+                        {
+                            "file": str(path),
+                            "model": m.get("name") or m.get("model") or m.get("uses"),
+                            "provider": m.get("provider"),
+                            "apiBase": m.get("apiBase"),
+                            "issue": issue,
+                        }
+                    )
+    if errors:
+        return Result("CONFIG-001", "inconclusive", "; ".join(errors), items)
+    if not files:
+        return Result("CONFIG-001", "skip", "no Continue config found")
+    if items:
+        shown = "; ".join(f"{i['model']}: {i['issue']}" for i in items[:4])
+        return Result("CONFIG-001", "fail", f"{len(items)} Continue model(s) not local: {shown}", items)
+    return Result("CONFIG-001", "pass", f"every model local in {len(files)} config file(s)")
+
+
+def _model_issue(m: dict[str, Any], rules: dict[str, Any]) -> str | None:
+    if "uses" in m and "provider" not in m:
+        return f"hub block {m['uses']!r} is fetched from the Continue hub"
+    provider = str(m.get("provider") or "").lower()
+    api_base = m.get("apiBase")
+    if api_base:
+        if not _api_base_local(str(api_base), rules["local_hosts"]):
+            return f"apiBase {api_base} is not local"
+        return None
+    if provider in rules["local_providers"]:
+        return None
+    if provider in rules["cloud_providers"]:
+        return f"cloud provider {provider!r} without a local apiBase"
+    return f"provider {provider or '(none)'!r} without a local apiBase"
+
+
+def check_continue_telemetry(homes: list[Path], rules: dict[str, Any]) -> Result:
+    items, seen = [], 0
+    for home in homes:
+        if not (home / ".continue").is_dir():
+            continue
+        seen += 1
+        values: dict[str, Any] = {}
+        gc = home / rules["global_context"]
+        cj = home / ".continue/config.json"
+        for path, getter in (
+            (gc, lambda d: (d.get("sharedConfig") or {}).get("allowAnonymousTelemetry")),
+            (cj, lambda d: d.get("allowAnonymousTelemetry")),
+        ):
+            if path.is_file():
+                try:
+                    doc = _load_doc(path)
+                    values[str(path)] = getter(doc) if isinstance(doc, dict) else None
+                except (OSError, ValueError) as err:
+                    items.append({"home": str(home), "file": str(path), "issue": f"cannot parse: {err}"})
+        explicit = {k: v for k, v in values.items() if v is not None}
+        if any(v is not False for v in explicit.values()):
+            on = [k for k, v in explicit.items() if v is not False]
+            items.append(
+                {"home": str(home), "file": ", ".join(on), "issue": "allowAnonymousTelemetry is not false"}
+            )
+        elif not explicit:
+            items.append(
+                {
+                    "home": str(home),
+                    "file": str(gc),
+                    "issue": "allowAnonymousTelemetry not set: Continue defaults to sending telemetry",
+                }
+            )
+    if not seen:
+        return Result("TELEMETRY-001", "skip", "no Continue installation found")
+    if items:
+        return Result("TELEMETRY-001", "fail", "; ".join(f"{i['home']}: {i['issue']}" for i in items), items)
+    return Result("TELEMETRY-001", "pass", f"off for {seen} user(s)")
+
+
+def check_vscode_telemetry(homes: list[Path], rules: dict[str, Any]) -> Result:
+    items, seen = [], 0
+    for home in homes:
+        settings = [home / rel for rel in rules["settings_files"] if (home / rel).is_file()]
+        if not settings and not any((home / m).exists() for m in rules["markers"]):
+            continue
+        seen += 1
+        if not settings:
+            items.append(
+                {"home": str(home), "file": None, "issue": "no settings.json: telemetry defaults to all"}
+            )
+        for path in settings:
+            try:
+                doc = _load_doc(path)
+            except (OSError, ValueError) as err:
+                items.append({"home": str(home), "file": str(path), "issue": f"cannot parse: {err}"})
+                continue
+            value = doc.get(rules["key"]) if isinstance(doc, dict) else None
+            if value != rules["required"]:
+                items.append(
+                    {
+                        "home": str(home),
+                        "file": str(path),
+                        "issue": f"{rules['key']} is {value!r}, not {rules['required']!r}",
+                    }
+                )
+    if not seen:
+        return Result("TELEMETRY-002", "skip", "no VS Code user settings found")
+    if items:
+        return Result(
+            "TELEMETRY-002",
+            "fail",
+            "; ".join(f"{i['file'] or i['home']}: {i['issue']}" for i in items),
+            items,
+        )
+    return Result("TELEMETRY-002", "pass", f"off for {seen} user(s)")
+
+
+# ---------------------------------------------------------------------------------------------
+# TELEMETRY-003/004: systemd units
+
+
+def parse_unit(text: str) -> tuple[dict[str, str], list[str], list[str]]:
+    """(Environment, EnvironmentFile paths, ExecStart lines) of a unit file or drop-in (pure)."""
+    env: dict[str, str] = {}
+    env_files: list[str] = []
+    execs: list[str] = []
+    joined = re.sub(r"\\\n", " ", text)
+    for raw in joined.splitlines():
+        line = raw.strip()
+        if not line or line[0] in "#;" or "=" not in line:
+            continue
+        key, _, value = line.partition("=")
+        key = key.strip()
+        if key == "Environment":
+            for assignment in shlex.split(value):
+                name, eq, val = assignment.partition("=")
+                if eq:
+                    env[name] = val
+        elif key == "EnvironmentFile":
+            env_files.append(value.strip())
+        elif key == "ExecStart" and value.strip():
+            execs.append(value.strip())
+    return env, env_files, execs
+
+
+def _env_file(path: str) -> dict[str, str]:
+    optional = path.startswith("-")
+    try:
+        text = Path(path.lstrip("-")).read_text()
+    except OSError:
+        return {} if optional else {"__missing__": path}
+    env = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            k, _, v = line.partition("=")
+            env[k.strip().removeprefix("export ").strip()] = v.strip().strip("'\"")
+    return env
+
+
+def unit_environment(unit: Path) -> tuple[dict[str, str], list[str]]:
+    texts = [unit.read_text()]
+    dropins = unit.parent / f"{unit.name}.d"
+    if dropins.is_dir():
+        texts += [p.read_text() for p in sorted(dropins.glob("*.conf"))]
+    env: dict[str, str] = {}
+    execs: list[str] = []
+    for text in texts:
+        e, files, x = parse_unit(text)
+        for f in files:
+            env.update(_env_file(f))
+        env.update(e)
+        execs += x
+    return env, execs
+
+
+def check_units(unit_dirs: list[Path], rules: dict[str, Any]) -> list[Result]:
+    units = sorted({p for d in unit_dirs if d.is_dir() for p in d.glob("*.service")})
+    results = []
+    for product, rule in rules.items():
+        items, matched = [], 0
+        for unit in units:
+            try:
+                env, execs = unit_environment(unit)
+            except OSError as err:
+                items.append({"unit": str(unit), "issue": f"cannot read: {err.strerror}"})
+                continue
+            if not any(m in x for x in execs for m in rule["exec_match"]):
+                continue
+            matched += 1
+            problems = [
+                f"{k}={env.get(k)!r}, needs {v!r}" if k in env else f"{k} not set (needs {v!r})"
+                for k, v in rule["env"].items()
+                if env.get(k) != v
+            ]
+            for k in rule.get("loopback_env") or {}:
+                if k in env:
+                    host = env[k].split("://")[-1].rsplit(":", 1)[0].strip("[]") if env[k] else ""
+                    if not _loopback(host) and host != "localhost":
+                        problems.append(f"{k}={env[k]!r} is not a loopback address")
+            if "__missing__" in env:
+                problems.append(f"EnvironmentFile {env['__missing__']} is missing")
+            for p in problems:
+                items.append({"unit": str(unit), "issue": p})
+        control = rule["control"]
+        if not matched and not items:
+            results.append(Result(control, "skip", f"no {product} unit in {', '.join(map(str, unit_dirs))}"))
+        elif items:
+            shown = "; ".join(f"{Path(i['unit']).name}: {i['issue']}" for i in items[:6])
+            results.append(Result(control, "fail", shown, items))
+        else:
+            results.append(Result(control, "pass", f"{matched} {product} unit(s) set every opt-out"))
+    return results
