@@ -71,9 +71,7 @@ def toolkit_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "toolkit", *args]
 
 
-def run_toolkit(
-    *args: str, ns: str | None = None, timeout: float = 120, env=None
-) -> subprocess.CompletedProcess:
+def run_toolkit(*args: str, ns: str | None = None, timeout: float = 120, env=None) -> subprocess.CompletedProcess:
     cmd = toolkit_cmd(*args)
     if ns:
         cmd = ["ip", "netns", "exec", ns, *cmd]

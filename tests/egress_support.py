@@ -154,9 +154,7 @@ def tcp_listener(ns: str, host: str, port: int) -> subprocess.Popen:
         f"s.bind(({host!r},{port})); s.listen(16); print('ready', flush=True)\n"
         "while True:\n  c,_=s.accept(); c.close()\n"
     )
-    proc = subprocess.Popen(
-        ["ip", "netns", "exec", ns, SYSTEM_PYTHON, "-c", code], stdout=subprocess.PIPE, text=True
-    )
+    proc = subprocess.Popen(["ip", "netns", "exec", ns, SYSTEM_PYTHON, "-c", code], stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 

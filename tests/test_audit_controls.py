@@ -69,10 +69,14 @@ def test_guard_findings_map_to_audit_results_with_blocked_as_evidence_not_failur
     )
     assert [(r.control, r.status) for r in results] == [
         ("GUARD-001", "pass"),
-        ("GUARD-002", "info"),
+        ("GUARD-002", "blocked"),
         ("GUARD-003", "fail"),
     ]
     assert {c.id for c in GUARD_CONTROLS} == {"GUARD-001", "GUARD-002", "GUARD-003"}
+    from toolkit.audit import controls
+
+    # A blocked attempt is evidence that the guard works: alone it never fails the audit.
+    assert controls.verdict(results[:2]) == ("PASS", 0)
 
 
 def test_interface_that_sent_packets_the_capture_never_saw_is_named_as_blind():

@@ -121,9 +121,7 @@ def live_run(tmp_path_factory):
                 "netns",
                 "exec",
                 pair.host,
-                *toolkit_cmd(
-                    "audit", "--duration", "6", "--json", "--ready-file", str(ready), *quiet_static(tmp)
-                ),
+                *toolkit_cmd("audit", "--duration", "6", "--json", "--ready-file", str(ready), *quiet_static(tmp)),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -167,8 +165,7 @@ def _flow(report: dict, proto: str, remote: str, port: int) -> dict:
         if f["protocol"] == proto and f["remote_address"] == remote and f["remote_port"] == port
     ]
     assert hits, (
-        f"no {proto} flow to {remote}:{port} in "
-        f"{[(f['protocol'], f['remote_address']) for f in report['findings']]}"
+        f"no {proto} flow to {remote}:{port} in {[(f['protocol'], f['remote_address']) for f in report['findings']]}"
     )
     return hits[0]
 
@@ -230,9 +227,7 @@ def test_live_audit_of_loopback_only_traffic_passes_with_exit_0(pair, tmp_path):
             "netns",
             "exec",
             pair.host,
-            *toolkit_cmd(
-                "audit", "--duration", "2", "--json", "--ready-file", str(ready), *quiet_static(tmp_path)
-            ),
+            *toolkit_cmd("audit", "--duration", "2", "--json", "--ready-file", str(ready), *quiet_static(tmp_path)),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -392,19 +387,14 @@ def test_listener_beyond_loopback_fails_listen_001_with_its_process(pair, tmp_pa
     )
     try:
         assert server.stdout.readline().strip() == "ready"
-        proc = run_toolkit(
-            "audit", "--pcap", str(cap), "--static", "--json", *quiet_static(tmp_path), ns=pair.host
-        )
+        proc = run_toolkit("audit", "--pcap", str(cap), "--static", "--json", *quiet_static(tmp_path), ns=pair.host)
     finally:
         server.kill()
         server.wait()
     listen = control(report_of(proc), "LISTEN-001")
     assert proc.returncode == 1 and listen["status"] == "fail"
     assert [(i["address"], i["port"]) for i in listen["items"]] == [("0.0.0.0", 11434)]
-    assert (
-        listen["items"][0]["process"]["pid"] == server.pid
-        or "python" in listen["items"][0]["process"]["comm"]
-    )
+    assert listen["items"][0]["process"]["pid"] == server.pid or "python" in listen["items"][0]["process"]["comm"]
 
 
 def test_live_capture_until_ctrl_c_still_runs_its_end_probe_and_reports(pair, tmp_path):
@@ -415,9 +405,7 @@ def test_live_capture_until_ctrl_c_still_runs_its_end_probe_and_reports(pair, tm
             "netns",
             "exec",
             pair.host,
-            *toolkit_cmd(
-                "audit", "--duration", "0", "--json", "--ready-file", str(ready), *quiet_static(tmp_path)
-            ),
+            *toolkit_cmd("audit", "--duration", "0", "--json", "--ready-file", str(ready), *quiet_static(tmp_path)),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

@@ -19,15 +19,10 @@ WS, DNS_SRV, HUB, QUIC_SRV = "192.0.2.10", "198.51.100.53", "203.0.113.7", "203.
 
 
 def phone_home_packets() -> list:
-    hello = TLS(
-        msg=TLSClientHello(ext=[TLS_Ext_ServerName(servernames=[ServerName(servername=b"huggingface.co")])])
-    )
+    hello = TLS(msg=TLSClientHello(ext=[TLS_Ext_ServerName(servernames=[ServerName(servername=b"huggingface.co")])]))
     return [
         E / IP(src="127.0.0.1", dst="127.0.0.1") / TCP(sport=40000, dport=8000, flags="S"),
-        E
-        / IP(src=WS, dst=DNS_SRV)
-        / UDP(sport=40001, dport=53)
-        / DNS(rd=1, qd=DNSQR(qname="huggingface.co")),
+        E / IP(src=WS, dst=DNS_SRV) / UDP(sport=40001, dport=53) / DNS(rd=1, qd=DNSQR(qname="huggingface.co")),
         E
         / IP(src=DNS_SRV, dst=WS)
         / UDP(sport=53, dport=40001)
@@ -46,10 +41,7 @@ def phone_home_packets() -> list:
         / IPv6(src="2001:db8::10", dst="2001:db8:1::80")
         / TCP(sport=50001, dport=80, flags="PA")
         / b"GET /update HTTP/1.1\r\nHost: update.example.org\r\n\r\n",
-        E
-        / IP(src=WS, dst=QUIC_SRV)
-        / UDP(sport=50002, dport=443)
-        / (bytes([0xC3, 0, 0, 0, 1, 8]) + bytes(1200)),
+        E / IP(src=WS, dst=QUIC_SRV) / UDP(sport=50002, dport=443) / (bytes([0xC3, 0, 0, 0, 1, 8]) + bytes(1200)),
         # Someone from outside opens a connection to the workstation: inbound, by its SYN.
         E / IP(src="198.51.100.99", dst=WS) / TCP(sport=61000, dport=22, flags="S"),
         E / IP(src=WS, dst="198.51.100.99") / TCP(sport=22, dport=61000, flags="SA"),
@@ -65,9 +57,7 @@ def link_local_packets() -> list:
         / UDP(sport=68, dport=67)
         / BOOTP()
         / DHCP(options=[("message-type", "discover"), "end"]),
-        E
-        / IP(src="192.0.2.10", dst="224.0.0.22", proto=2)
-        / bytes.fromhex("2200f9020000000104000000e00000fb"),
+        E / IP(src="192.0.2.10", dst="224.0.0.22", proto=2) / bytes.fromhex("2200f9020000000104000000e00000fb"),
     ]
 
 
@@ -97,9 +87,7 @@ def test_offline_names_every_egress_flow_by_dns_sni_http_host_and_flags_quic(cra
     http = by_remote(r, "2001:db8:1::80", 80)
     assert http["http_host"] == ["update.example.org"] and http["local_address"] == "2001:db8::10"
     quic = by_remote(r, QUIC_SRV, 443)
-    assert (
-        quic["protocol"] == "quic" and quic["quic"] is True and quic["direction_evidence"] == "quic-initial"
-    )
+    assert quic["protocol"] == "quic" and quic["quic"] is True and quic["direction_evidence"] == "quic-initial"
     assert len(r["findings"]) == 5  # the loopback SYN is not among them
 
 

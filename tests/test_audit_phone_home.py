@@ -110,9 +110,7 @@ def phone_home(tmp_path_factory):
                 "netns",
                 "exec",
                 pair.host,
-                *toolkit_cmd(
-                    "audit", "--duration", "16", "--json", "--ready-file", str(ready), *quiet_static(tmp)
-                ),
+                *toolkit_cmd("audit", "--duration", "16", "--json", "--ready-file", str(ready), *quiet_static(tmp)),
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -136,9 +134,7 @@ def phone_home(tmp_path_factory):
             env=env,
             capture_output=True,
         )
-        subprocess.run(
-            [*ns, git, "ls-remote", "https://github.com/vllm-project/vllm"], env=env, capture_output=True
-        )
+        subprocess.run([*ns, git, "ls-remote", "https://github.com/vllm-project/vllm"], env=env, capture_output=True)
         subprocess.run([*ns, sys.executable, "-c", HF], env=env, capture_output=True)
         out, err = audit.communicate(timeout=60)
         yield report_of(subprocess.CompletedProcess([], audit.returncode, out, err)), audit.returncode

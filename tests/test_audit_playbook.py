@@ -18,9 +18,7 @@ pytestmark = [pytest.mark.slow]
 
 def test_audit_playbook_brings_every_hosts_reports_back_and_fails_when_one_did_not_pass(tmp_path):
     bad, good = tmp_path / "bad.pcap", tmp_path / "good.pcap"
-    wrpcap(
-        str(bad), [Ether() / IP(src="192.0.2.5", dst="203.0.113.1") / TCP(sport=5001, dport=443, flags="S")]
-    )
+    wrpcap(str(bad), [Ether() / IP(src="192.0.2.5", dst="203.0.113.1") / TCP(sport=5001, dport=443, flags="S")])
     wrpcap(str(good), [Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP(sport=1, dport=2)])
     inventory = tmp_path / "hosts.yml"
     inventory.write_text(

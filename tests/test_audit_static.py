@@ -95,9 +95,7 @@ def test_units_missing_opt_out_variables_fail_per_product(tmp_path):
     assert ollama.control == "TELEMETRY-004" and ollama.status == "fail"
     assert "OLLAMA_HOST='0.0.0.0:11434' is not a loopback address" in ollama.items[0]["issue"]
     (dropin / "hub.conf").write_text("[Service]\nEnvironment=HF_HUB_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1\n")
-    (units / "ollama.service").write_text(
-        "[Service]\nEnvironment=OLLAMA_NO_CLOUD=1\nExecStart=/usr/bin/ollama serve\n"
-    )
+    (units / "ollama.service").write_text("[Service]\nEnvironment=OLLAMA_NO_CLOUD=1\nExecStart=/usr/bin/ollama serve\n")
     assert [r.status for r in check_units([units], RULES["units"])] == ["pass", "pass"]
 
 
@@ -127,9 +125,7 @@ def test_cli_static_checks_use_injected_homes_and_units(tmp_path):
     wrpcap(str(cap), [Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / UDP()])
     units = tmp_path / "units"
     units.mkdir()
-    proc = run_toolkit(
-        "audit", "--pcap", str(cap), "--static", "--home", str(home), "--unit-dir", str(units), "--json"
-    )
+    proc = run_toolkit("audit", "--pcap", str(cap), "--static", "--home", str(home), "--unit-dir", str(units), "--json")
     r = report_of(proc)
     assert proc.returncode == 1
     assert control(r, "CONFIG-001")["status"] == "fail" and control(r, "TELEMETRY-001")["status"] == "fail"

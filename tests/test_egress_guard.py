@@ -157,9 +157,7 @@ def test_malformed_phone_home_file_is_one_usage_error(tmp_path: Path) -> None:
 
 
 def _units_module():
-    spec = importlib.util.spec_from_file_location(
-        "egress_guard_units", ROLE / "library" / "egress_guard_units.py"
-    )
+    spec = importlib.util.spec_from_file_location("egress_guard_units", ROLE / "library" / "egress_guard_units.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod
@@ -170,10 +168,7 @@ def test_cgroup_mode_tells_unified_from_hybrid_and_legacy() -> None:
     assert mod.cgroup_mode("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n") == "unified"
     hybrid = "tmpfs /sys/fs/cgroup tmpfs ro 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n"
     assert mod.cgroup_mode(hybrid) == "hybrid"
-    assert (
-        mod.cgroup_mode("tmpfs /sys/fs/cgroup tmpfs ro 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n")
-        == "legacy"
-    )
+    assert mod.cgroup_mode("tmpfs /sys/fs/cgroup tmpfs ro 0 0\ncgroup /sys/fs/cgroup/cpu cgroup rw 0 0\n") == "legacy"
 
 
 def test_unit_filter_check_reads_systemd_show_output() -> None:
@@ -188,9 +183,7 @@ def test_unit_filter_check_reads_systemd_show_output() -> None:
 
 def test_every_role_default_is_specified_and_documented() -> None:
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    spec = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"][
-        "options"
-    ]
+    spec = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
     readme = (ROLE / "README.md").read_text()
     assert set(defaults) == set(spec)
     for name in defaults:

@@ -88,9 +88,7 @@ def _counter(ns: str, name: str) -> int:
     return next(it["counter"]["packets"] for it in json.loads(out)["nftables"] if "counter" in it)
 
 
-def test_rendered_ruleset_passes_nft_check_in_both_modes(
-    pair: Pair, users: dict[str, int], tmp_path: Path
-) -> None:
+def test_rendered_ruleset_passes_nft_check_in_both_modes(pair: Pair, users: dict[str, int], tmp_path: Path) -> None:
     for extra in (
         {},
         {
@@ -273,9 +271,7 @@ def test_guard_state_reports_missing_guard_as_failure(pair: Pair, users: dict[st
     assert (g1.status, g1.detail) == ("fail", "table inet toolkit_egress_guard is not loaded")
 
 
-def test_user_missing_from_the_ruleset_is_reported_uncovered(
-    pair: Pair, users: dict[str, int], tmp_path: Path
-) -> None:
+def test_user_missing_from_the_ruleset_is_reported_uncovered(pair: Pair, users: dict[str, int], tmp_path: Path) -> None:
     load(pair.ws, render_ruleset([("egress-t-vllm", users["egress-t-vllm"])]), tmp_path)
     state = collect_guard_state(users=SERVICE_USERS, hosts_file=None, netns=pair.ws)
     g1 = next(f for f in guard_findings(state) if f.control == "GUARD-001")
@@ -304,3 +300,59 @@ def test_nft_check_refuses_a_bad_address_before_anything_is_loaded(
         ).stdout.strip()
         == ""
     )
+
+
+def test_audit_in_the_namespace_reports_the_guard_and_what_it_blocked(
+    pair: Pair, users: dict[str, int], netns_kernel_log: None, tmp_path: Path
+) -> None:
+    """`toolkit audit --guard`, run inside the guarded namespace while a service user tries to leave:
+    the guard is reported loaded (GUARD-001), the attempt as blocked (GUARD-002), and no packet of it
+    escaped onto the wire (EGRESS-001)."""
+    import json
+    import sys
+    import threading
+    import time
+
+    from conftest import REPO
+
+    load(pair.ws, render_ruleset(_service_uids(users)), tmp_path)
+    ready = tmp_path / "ready"
+    argv = [
+        "ip",
+        "netns",
+        "exec",
+        pair.ws,
+        sys.executable,
+        "-m",
+        "toolkit",
+        "audit",
+        "--guard",
+        "--no-static",
+        "--duration",
+        "4",
+        "--json",
+        "--ready-file",
+        str(ready),
+    ]
+    for name in SERVICE_USERS:
+        argv += ["--guard-user", name]
+    out: dict = {}
+
+    def run_audit() -> None:
+        out["r"] = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=120)
+
+    t = threading.Thread(target=run_audit)
+    t.start()
+    for _ in range(300):
+        if ready.exists():
+            break
+        time.sleep(0.1)
+    assert ready.exists(), "the audit's capture never became ready"
+    assert attempt(pair.ws, "egress-t-vllm", "udp", PEER_ADDR, 4343) == "EPERM"
+    t.join()
+    report = json.loads(out["r"].stdout)
+    ctl = {c["id"]: c for c in report["controls"]}
+    assert ctl["GUARD-001"]["status"] == "pass", ctl["GUARD-001"]
+    assert ctl["GUARD-002"]["status"] == "blocked" and f"{PEER_ADDR}:4343/udp" in json.dumps(ctl["GUARD-002"])
+    assert ctl["EGRESS-001"]["status"] == "pass"  # blocked before the wire: nothing escaped
+    assert not [f for f in report["findings"] if f.get("remote_port") == 4343]

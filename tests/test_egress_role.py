@@ -168,9 +168,7 @@ def test_role_loads_the_template_rendering_blocks_service_users_and_is_idempoten
     assert attempt(ws, "egress-t-vllm", "udp", PEER_ADDR, 9) == "sent"
 
 
-def test_check_mode_shows_the_ruleset_diff_and_loads_nothing(
-    ws: str, users: dict[str, int], tmp_path: Path
-) -> None:
+def test_check_mode_shows_the_ruleset_diff_and_loads_nothing(ws: str, users: dict[str, int], tmp_path: Path) -> None:
     proc = _play(ws, tmp_path, _vars(tmp_path), "--check", "--diff")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert f"+\t\tmeta skuid {users['egress-t-vllm']} counter" in proc.stdout

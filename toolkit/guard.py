@@ -199,9 +199,7 @@ def parse_ruleset(doc: dict[str, Any] | None) -> RulesetView:
 def _skuid_matches(exprs: Sequence[dict[str, Any]]) -> set[int]:
     """uids that a rule matches with ``meta skuid`` and then drops (directly or by jumping)."""
     uids: set[int] = set()
-    verdict_drops = any(
-        "drop" in e or ("jump" in e and "blocked" in str(e["jump"].get("target"))) for e in exprs
-    )
+    verdict_drops = any("drop" in e or ("jump" in e and "blocked" in str(e["jump"].get("target"))) for e in exprs)
     if not verdict_drops:
         return uids
     for e in exprs:
@@ -280,9 +278,7 @@ def _guard_001(state: GuardState) -> GuardFinding:
         "users": {u.name: u.uid for u in state.users},
     }
     if state.nft_error:
-        return GuardFinding(
-            "GUARD-001", "fail", title, f"cannot read the ruleset: {state.nft_error}", evidence
-        )
+        return GuardFinding("GUARD-001", "fail", title, f"cannot read the ruleset: {state.nft_error}", evidence)
     if not rs.present:
         return GuardFinding("GUARD-001", "fail", title, f"table inet {state.table} is not loaded", evidence)
     if not rs.hooked:
@@ -317,9 +313,7 @@ def _guard_002(state: GuardState) -> list[GuardFinding]:
         dsts = sorted({f"{a.dst}:{a.dport}/{a.proto.lower()}" if a.dport else a.dst for a in attempts})
         detail = f"{who}: {c.packets} packet(s) dropped"
         if dsts:
-            detail += (
-                " (logged destinations: " + ", ".join(dsts[:5]) + (", ..." if len(dsts) > 5 else "") + ")"
-            )
+            detail += " (logged destinations: " + ", ".join(dsts[:5]) + (", ..." if len(dsts) > 5 else "") + ")"
         findings.append(
             GuardFinding(
                 "GUARD-002",
@@ -337,9 +331,7 @@ def _guard_002(state: GuardState) -> list[GuardFinding]:
             )
         )
     if not findings:
-        detail = (
-            "no blocked attempts counted" if state.ruleset.present else "guard not loaded, nothing counted"
-        )
+        detail = "no blocked attempts counted" if state.ruleset.present else "guard not loaded, nothing counted"
         status = "pass" if state.ruleset.present else "skip"
         findings.append(GuardFinding("GUARD-002", status, title, detail, {"log_source": state.log_source}))
     return findings
@@ -354,12 +346,8 @@ def _guard_003(state: GuardState) -> GuardFinding:
     evidence = {"expected": list(state.sinkhole_expected), "missing": missing}
     if missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
-        return GuardFinding(
-            "GUARD-003", "fail", title, f"{len(missing)} name(s) still resolve: {shown}", evidence
-        )
-    return GuardFinding(
-        "GUARD-003", "pass", title, f"all {len(state.sinkhole_expected)} names sinkholed", evidence
-    )
+        return GuardFinding("GUARD-003", "fail", title, f"{len(missing)} name(s) still resolve: {shown}", evidence)
+    return GuardFinding("GUARD-003", "pass", title, f"all {len(state.sinkhole_expected)} names sinkholed", evidence)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,9 +378,7 @@ def read_ruleset(
         return None, "nft printed no JSON"
 
 
-def read_kernel_log(
-    prefix: str = DEFAULT_LOG_PREFIX, run: Runner = subprocess.run
-) -> tuple[list[str], str | None]:
+def read_kernel_log(prefix: str = DEFAULT_LOG_PREFIX, run: Runner = subprocess.run) -> tuple[list[str], str | None]:
     """Recent kernel log lines with the prefix: the journal where journald runs, else dmesg."""
     if Path("/run/systemd/journal").is_dir() and shutil.which("journalctl"):
         proc = run(

@@ -181,9 +181,7 @@ class Attributor:
                     result.update(process_info(pid, self.proc_root))
             if result["pid"] is None:
                 result["status"] = (
-                    "unknown: socket gone before lookup"
-                    if entry is None
-                    else "unknown: no process holds the socket"
+                    "unknown: socket gone before lookup" if entry is None else "unknown: no process holds the socket"
                 )
                 self.unattributed += 1
             else:

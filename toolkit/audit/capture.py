@@ -174,9 +174,7 @@ class Processor:
                     proto, l4 = data[l4], l4 + (data[l4 + 1] + 1) * 8
         else:
             if etype == 0x0806 and len(data) >= off + 28 and data[off + 4] == 6 and data[off + 5] == 4:
-                self._link(
-                    "arp", _ntop(_inet4, data[off + 14 : off + 18]), _ntop(_inet4, data[off + 24 : off + 28])
-                )
+                self._link("arp", _ntop(_inet4, data[off + 14 : off + 18]), _ntop(_inet4, data[off + 24 : off + 28]))
             else:
                 self._link("arp" if etype == 0x0806 else f"ethertype-0x{etype:04x}", "-", "-")
             return
@@ -190,12 +188,7 @@ class Processor:
         elif proto == 17 and l4 + 8 <= len(data):
             sport, dport = struct.unpack_from("!HH", data, l4)
             probe = self.probe
-            if (
-                probe is not None
-                and dport == probe[0]
-                and dst == "127.0.0.1"
-                and data[l4 + 8 : end] == probe[1]
-            ):
+            if probe is not None and dport == probe[0] and dst == "127.0.0.1" and data[l4 + 8 : end] == probe[1]:
                 self.probes_seen += 1
                 return
             payload = data[l4 + 8 : end]
@@ -225,9 +218,7 @@ class Processor:
         if ifindex >= 0:
             st.interfaces.add(ifindex)
         if new and self.on_new_flow is not None:
-            self.on_new_flow(
-                st, "tcp" if proto == 6 else "udp" if proto == 17 else "other", (src, sport), (dst, dport)
-            )
+            self.on_new_flow(st, "tcp" if proto == 6 else "udp" if proto == 17 else "other", (src, sport), (dst, dport))
         if proto == 6:
             if flags & 0x12 == 0x02:
                 st.opener, st.evidence = (src, sport), "tcp-syn"
@@ -291,8 +282,7 @@ class Processor:
 
     def link_local(self) -> list[dict[str, Any]]:
         return [
-            {"kind": k, "source": s, "destination": d, "packets": n}
-            for (k, s, d), n in sorted(self.link_pairs.items())
+            {"kind": k, "source": s, "destination": d, "packets": n} for (k, s, d), n in sorted(self.link_pairs.items())
         ]
 
 
@@ -301,9 +291,7 @@ def _compile(pcap, handle, expr: str) -> Any:
     if pcap.pcap_compile(handle, ctypes.byref(prog), expr.encode(), 1, 0xFFFFFFFF) != 0:
         raise CaptureUnavailable(f"BPF filter rejected: {pcap.pcap_geterr(handle).decode(errors='replace')}")
     if pcap.pcap_setfilter(handle, ctypes.byref(prog)) != 0:
-        raise CaptureUnavailable(
-            f"cannot set BPF filter: {pcap.pcap_geterr(handle).decode(errors='replace')}"
-        )
+        raise CaptureUnavailable(f"cannot set BPF filter: {pcap.pcap_geterr(handle).decode(errors='replace')}")
     return prog
 
 
@@ -425,9 +413,7 @@ def _has_any_packet(pcap, path: Path) -> bool:
         pcap.pcap_close(handle)
 
 
-def _fill(
-    result: CaptureResult, proc: Processor, policy: Policy, local: set[str], live: bool = False
-) -> None:
+def _fill(result: CaptureResult, proc: Processor, policy: Policy, local: set[str], live: bool = False) -> None:
     names = {}
     for ifindex in {i for st in proc.table.flows.values() for i in st.interfaces}:
         # Interface names only mean something on the machine that captured: offline, keep the index.
@@ -513,18 +499,14 @@ def live_capture(
         if rc < 0:
             msg = pcap.pcap_geterr(handle).decode(errors="replace")
             if rc == PCAP_ERROR_PERM_DENIED:
-                raise CaptureUnavailable(
-                    f"no privilege to capture on {interface} (needs root or CAP_NET_RAW): {msg}"
-                )
+                raise CaptureUnavailable(f"no privilege to capture on {interface} (needs root or CAP_NET_RAW): {msg}")
             raise CaptureUnavailable(f"cannot capture on {interface}: {msg}")
         if interface == "any":
             pcap.pcap_set_datalink(handle, DLT_LINUX_SLL2)  # carries the ifindex; SLL if refused
         dlt = pcap.pcap_datalink(handle)
         _compile(pcap, handle, expr)
         if pcap.pcap_setnonblock(handle, 1, errbuf) != 0:
-            raise CaptureUnavailable(
-                f"cannot make the capture non-blocking: {errbuf.value.decode(errors='replace')}"
-            )
+            raise CaptureUnavailable(f"cannot make the capture non-blocking: {errbuf.value.decode(errors='replace')}")
         fd = pcap.pcap_get_selectable_fd(handle)
         proc = Processor(dlt, (probe_port, nonce))
         if attributor is not None:
@@ -535,9 +517,7 @@ def live_capture(
         def probe_until_seen(count_before: int) -> bool:
             deadline = time.monotonic() + probe_wait
             sender.sendto(nonce, ("127.0.0.1", probe_port))
-            _read(
-                pcap, handle, proc, lambda: proc.probes_seen > count_before or time.monotonic() > deadline, fd
-            )
+            _read(pcap, handle, proc, lambda: proc.probes_seen > count_before or time.monotonic() > deadline, fd)
             return proc.probes_seen > count_before
 
         if not probe_until_seen(0):
@@ -557,9 +537,7 @@ def live_capture(
             if progress is not None and now - last_progress[0] >= 1.0:
                 last_progress[0] = now
                 progress(now - started, proc.packets)
-            return (duration is not None and now - started >= duration) or (
-                stop is not None and stop.is_set()
-            )
+            return (duration is not None and now - started >= duration) or (stop is not None and stop.is_set())
 
         interrupted = False
         try:
@@ -586,8 +564,7 @@ def live_capture(
         result.problems.append("libpcap gave no capture statistics: drops cannot be ruled out")
     elif stats.ps_drop or stats.ps_ifdrop:
         result.problems.append(
-            f"the kernel dropped {stats.ps_drop} packet(s) (interface: {stats.ps_ifdrop}): "
-            "what was lost is unknown"
+            f"the kernel dropped {stats.ps_drop} packet(s) (interface: {stats.ps_ifdrop}): what was lost is unknown"
         )
     sent = {
         name: c["tx_packets"] - counters_start[name]["tx_packets"]
@@ -599,8 +576,7 @@ def live_capture(
         blind = blind_interfaces(sent, seen_out)
         if blind:
             result.problems.append(
-                "interface(s) sent packets the capture never saw: "
-                + ", ".join(f"{n} sent {sent[n]}" for n in blind)
+                "interface(s) sent packets the capture never saw: " + ", ".join(f"{n} sent {sent[n]}" for n in blind)
             )
     result.stats = {
         "datalink": dlt,

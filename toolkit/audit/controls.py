@@ -18,7 +18,7 @@ SEVERITIES = ("critical", "high", "medium", "low", "info")
 # pass: holds; fail: does not hold; inconclusive: could not be decided (fails closed);
 # skip: not applicable on this host; waived: failed but accepted by a valid waiver;
 # info: reported for the record, never changes the verdict.
-STATUSES = ("pass", "fail", "inconclusive", "skip", "waived", "info")
+STATUSES = ("pass", "fail", "inconclusive", "skip", "waived", "info", "blocked")
 
 
 @dataclass(frozen=True)
@@ -140,9 +140,7 @@ def verdict(results: Iterable[Result]) -> tuple[str, int]:
     """PASS, FAIL or INCONCLUSIVE and the exit code. A real finding outranks an incomplete
     capture (what was seen did leave); an incomplete capture outranks a pass (fail closed)."""
     results = list(results)
-    failing = [
-        r for r in results if r.status == "fail" and _REGISTRY.get(r.control, _INFO).severity != "info"
-    ]
+    failing = [r for r in results if r.status == "fail" and _REGISTRY.get(r.control, _INFO).severity != "info"]
     if failing:
         return "FAIL", EXIT_FINDING
     if any(r.status == "inconclusive" for r in results):

@@ -1,6 +1,6 @@
 """Controls contributed by other parts of the toolkit, loaded only when asked for.
 
-The egress guard (toolkit/guard.py, from the egress_guard role's helper) reads the nftables guard
+The egress guard (toolkit/guard.py, beside the egress_guard role) reads the nftables guard
 back from the kernel and judges it as GUARD-001..003. ``toolkit audit --guard`` loads it here and
 registers its controls and check, so the audit reports the guard beside what went over the wire.
 It is opt-in: on a machine the guard was never provisioned on, GUARD-001 would fail by design.
@@ -8,7 +8,6 @@ It is opt-in: on a machine the guard was never provisioned on, GUARD-001 would f
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 from toolkit.audit import controls
@@ -26,8 +25,7 @@ GUARD_CONTROLS = (
         "GUARD-002",
         "Egress attempts the guard blocked",
         "info",
-        "What the guard dropped (counters and kernel log): the guard worked, shown apart from "
-        "traffic that escaped.",
+        "What the guard dropped (counters and kernel log): the guard worked, shown apart from traffic that escaped.",
     ),
     Control(
         "GUARD-003",
@@ -36,9 +34,9 @@ GUARD_CONTROLS = (
         "Every phone-home name marked sinkhole in toolkit/data/phone_home.yaml resolves to nothing.",
     ),
 )
-# The guard's statuses to the audit's: "blocked" means the guard stopped something, which is
-# evidence, not a failure.
-_STATUS = {"pass": "pass", "fail": "fail", "skip": "skip", "blocked": "info"}
+# "blocked" means the guard stopped something before the wire: evidence that it works, never a
+# failure, and reported apart from what escaped (EGRESS-001).
+_STATUS = {"pass": "pass", "fail": "fail", "skip": "skip", "blocked": "blocked"}
 
 
 def guard_results(findings: list[Any]) -> list[Result]:
@@ -50,16 +48,13 @@ def guard_results(findings: list[Any]) -> list[Result]:
     return out
 
 
-def enable_guard(module: str = "toolkit.guard") -> None:
-    """Register GUARD-00x and the check that collects the guard's state; a clear error if absent."""
-    from toolkit.audit import AuditUsageError
+def enable_guard(users: tuple[str, ...] = ()) -> None:
+    """Register GUARD-00x and the check that reads the guard (toolkit.guard) from this machine's kernel."""
+    from toolkit import guard
 
-    try:
-        guard = importlib.import_module(module)
-    except ImportError:
-        raise AuditUsageError("--guard: the egress guard helper (toolkit.guard) is not installed") from None
     for c in GUARD_CONTROLS:
         controls.register(c)
+    kwargs = {"users": users} if users else {}
 
     def check(context: dict[str, Any]) -> list[Result]:
         if context["mode"] != "live":
@@ -67,6 +62,6 @@ def enable_guard(module: str = "toolkit.guard") -> None:
                 Result(c.id, "skip", "offline audit: the guard is this machine's, not the capture's")
                 for c in GUARD_CONTROLS
             ]
-        return guard_results(guard.guard_findings(guard.collect_guard_state()))
+        return guard_results(guard.guard_findings(guard.collect_guard_state(**kwargs)))
 
     controls.register_check("egress_guard", check)

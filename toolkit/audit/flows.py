@@ -93,9 +93,7 @@ def _is_local(addr: str, allowed, local_addresses: set[str]) -> bool:
     return any(ip.version == n.version and ip in n for n in allowed)
 
 
-def finalize(
-    table: FlowTable, book: NameBook, allowed=(), local_addresses: set[str] | None = None
-) -> list[Flow]:
+def finalize(table: FlowTable, book: NameBook, allowed=(), local_addresses: set[str] | None = None) -> list[Flow]:
     """Turn flow states into findings: pick the local end, infer direction, attach every name."""
     local_addresses = local_addresses or set()
     # Offline the host's addresses are unknown: the capture's vantage point is the address that

@@ -22,7 +22,7 @@ vertical-align:top}th{background:#f0f2f5;font-weight:600}
 .st{display:inline-block;min-width:88px;text-align:center;border-radius:4px;padding:1px 6px;
 font-weight:600;color:#fff}
 .pass{background:#1f7a3d}.fail{background:#b3261e}.inconclusive{background:#8a5a00}.skip{background:#7a8290}
-.waived{background:#5b4bb7}.info{background:#2f6db5}
+.waived{background:#5b4bb7}.info{background:#2f6db5}.blocked{background:#17806d}
 code{font:12px ui-monospace,monospace;background:#f0f2f5;padding:1px 3px;border-radius:3px;
 word-break:break-all}
 .muted{color:#6a7280}

@@ -22,9 +22,7 @@ def render_junit(report: dict[str, Any]) -> str:
     for key in ("verdict", "mode", "source"):
         ET.SubElement(props, "property", name=key, value=str(report[key]))
     for c in cases:
-        case = ET.SubElement(
-            suite, "testcase", classname=f"audit.{report['host']}", name=f"{c['id']} {c['title']}"
-        )
+        case = ET.SubElement(suite, "testcase", classname=f"audit.{report['host']}", name=f"{c['id']} {c['title']}")
         text = c["detail"] + "".join(f"\n- {_item(i)}" for i in c["items"][:200])
         if c["status"] == "fail":
             ET.SubElement(case, "failure", message=c["detail"], type=c["severity"]).text = text

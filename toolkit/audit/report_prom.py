@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
-STATUSES = ("pass", "fail", "inconclusive", "skip", "waived", "info")
+STATUSES = ("pass", "fail", "inconclusive", "skip", "waived", "info", "blocked")
 
 
 def _esc(value: str) -> str:
@@ -23,8 +23,7 @@ def render_prom(report: dict[str, Any]) -> str:
         "# TYPE toolkit_audit_verdict gauge",
     ]
     lines += [
-        f'toolkit_audit_verdict{{host="{host}",verdict="{v.lower()}"}} {int(report["verdict"] == v)}'
-        for v in VERDICTS
+        f'toolkit_audit_verdict{{host="{host}",verdict="{v.lower()}"}} {int(report["verdict"] == v)}' for v in VERDICTS
     ]
     lines += [
         "# HELP toolkit_audit_exit_code Exit code of the last run (0 pass, 1 finding, 2 inconclusive).",
@@ -39,8 +38,7 @@ def render_prom(report: dict[str, Any]) -> str:
     for c in report["controls"]:
         n = len(c["items"]) if c["status"] in ("fail", "waived") else 0
         lines.append(
-            f'toolkit_audit_findings{{host="{host}",control="{_esc(c["id"])}",'
-            f'severity="{c["severity"]}"}} {n}'
+            f'toolkit_audit_findings{{host="{host}",control="{_esc(c["id"])}",severity="{c["severity"]}"}} {n}'
         )
     lines += [
         "# HELP toolkit_audit_control_status Status of each control in the last run (1: current status).",

@@ -64,9 +64,7 @@ def run_static_checks(inputs: StaticInputs, rules: dict[str, Any] | None = None)
         try:
             out += check()
         except OSError as err:  # unreadable input: cannot be decided, so not a pass
-            out.append(
-                Result(control, "inconclusive", f"cannot read {err.filename or ''}: {err.strerror or err}")
-            )
+            out.append(Result(control, "inconclusive", f"cannot read {err.filename or ''}: {err.strerror or err}"))
     return out
 
 
@@ -107,8 +105,7 @@ def check_listeners(proc_root: Path) -> Result:
     if not items:
         return Result("LISTEN-001", "pass", f"{len(listening)} listener(s), all on loopback")
     shown = ", ".join(
-        f"{i['protocol']} {i['address']}:{i['port']}"
-        + (f" ({i['process'].get('comm')})" if i["process"] else "")
+        f"{i['protocol']} {i['address']}:{i['port']}" + (f" ({i['process'].get('comm')})" if i["process"] else "")
         for i in items[:6]
     )
     return Result("LISTEN-001", "fail", f"{len(items)} listener(s) beyond loopback: {shown}", items)
@@ -237,9 +234,7 @@ def check_continue_telemetry(homes: list[Path], rules: dict[str, Any]) -> Result
         explicit = {k: v for k, v in values.items() if v is not None}
         if any(v is not False for v in explicit.values()):
             on = [k for k, v in explicit.items() if v is not False]
-            items.append(
-                {"home": str(home), "file": ", ".join(on), "issue": "allowAnonymousTelemetry is not false"}
-            )
+            items.append({"home": str(home), "file": ", ".join(on), "issue": "allowAnonymousTelemetry is not false"})
         elif not explicit:
             items.append(
                 {
@@ -263,9 +258,7 @@ def check_vscode_telemetry(homes: list[Path], rules: dict[str, Any]) -> Result:
             continue
         seen += 1
         if not settings:
-            items.append(
-                {"home": str(home), "file": None, "issue": "no settings.json: telemetry defaults to all"}
-            )
+            items.append({"home": str(home), "file": None, "issue": "no settings.json: telemetry defaults to all"})
         for path in settings:
             try:
                 doc = _load_doc(path)

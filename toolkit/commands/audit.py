@@ -66,12 +66,8 @@ def register(app: typer.Typer) -> None:
 
 
 def audit(
-    duration: float = typer.Option(
-        30.0, "--duration", "-d", min=0, help="Live capture seconds; 0 runs until Ctrl-C."
-    ),
-    pcap: Path | None = typer.Option(
-        None, "--pcap", help="Audit this capture file (pcap or pcapng) instead of live."
-    ),
+    duration: float = typer.Option(30.0, "--duration", "-d", min=0, help="Live capture seconds; 0 runs until Ctrl-C."),
+    pcap: Path | None = typer.Option(None, "--pcap", help="Audit this capture file (pcap or pcapng) instead of live."),
     policy: Path | None = typer.Option(
         None,
         "--policy",
@@ -83,20 +79,14 @@ def audit(
         help="Waiver YAML (control, hosts, justification, owner, "
         "expires). An expired or malformed waiver stops the run.",
     ),
-    interface: str = typer.Option(
-        "any", "--interface", "-i", help="Capture interface (default: every interface)."
-    ),
-    json_out: bool = typer.Option(
-        False, "--json", help="Print the full JSON report on stdout (summary on stderr)."
-    ),
+    interface: str = typer.Option("any", "--interface", "-i", help="Capture interface (default: every interface)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the full JSON report on stdout (summary on stderr)."),
     out: Path | None = typer.Option(
         None,
         "--out",
         help="Write audit.json, audit.junit.xml, audit.html and audit.prom into this directory.",
     ),
-    junit: Path | None = typer.Option(
-        None, "--junit", help="Write the JUnit XML report (one test case per control)."
-    ),
+    junit: Path | None = typer.Option(None, "--junit", help="Write the JUnit XML report (one test case per control)."),
     html: Path | None = typer.Option(None, "--html", help="Write the self-contained HTML report."),
     textfile: Path | None = typer.Option(
         None,
@@ -106,25 +96,24 @@ def audit(
     static: bool | None = typer.Option(
         None, "--static/--no-static", help="Run the static checks (default: yes live, no with --pcap)."
     ),
-    home: list[Path] = typer.Option(
-        [], "--home", help="Home directories to check (default: /root and /home/*)."
-    ),
+    home: list[Path] = typer.Option([], "--home", help="Home directories to check (default: /root and /home/*)."),
     unit_dir: list[Path] = typer.Option(
         [], "--unit-dir", help="systemd unit directories (default: /etc/systemd/system)."
     ),
     proc_root: Path = typer.Option(Path("/proc"), "--proc-root", help="Where /proc is (listener check)."),
-    host: str | None = typer.Option(
-        None, "--host", help="Host name in the reports (default: this machine's)."
-    ),
+    host: str | None = typer.Option(None, "--host", help="Host name in the reports (default: this machine's)."),
     buffer_kib: int = typer.Option(32768, "--buffer-kib", min=1, help="Kernel capture buffer in KiB."),
-    attribution: bool = typer.Option(
-        True, "--attribution/--no-attribution", help="Attribute flows to processes."
-    ),
+    attribution: bool = typer.Option(True, "--attribution/--no-attribution", help="Attribute flows to processes."),
     guard: bool = typer.Option(
         False,
         "--guard",
         help="Also judge the egress guard (GUARD-001..003: nftables table loaded, "
-        "what it blocked, phone-home names sinkholed); needs the egress_guard helper.",
+        "what it blocked, phone-home names sinkholed), as loaded by the egress_guard role.",
+    ),
+    guard_user: list[str] = typer.Option(
+        [],
+        "--guard-user",
+        help="Service users the guard must cover (repeatable; default: vllm and ollama).",
     ),
     ready_file: Path | None = typer.Option(
         None,
@@ -140,7 +129,7 @@ def audit(
     if guard:
         from toolkit.audit.extensions import enable_guard
 
-        enable_guard()
+        enable_guard(tuple(guard_user))
     if pcap is not None and (interface != "any"):
         raise AuditUsageError("--pcap and --interface exclude each other")
     opts = AuditOptions(
@@ -149,9 +138,7 @@ def audit(
         duration=duration or None,
         interface=interface,
         static=static if static is not None else pcap is None,
-        static_inputs=StaticInputs(
-            proc_root, list(home) or None, list(unit_dir) or [Path("/etc/systemd/system")]
-        ),
+        static_inputs=StaticInputs(proc_root, list(home) or None, list(unit_dir) or [Path("/etc/systemd/system")]),
         waivers=load_waivers(waivers),
         buffer_kib=buffer_kib,
         attribute=attribution,
@@ -162,9 +149,7 @@ def audit(
     err = Console(stderr=True)
     if pcap is None:
         err.print(
-            f"[dim]capturing on {interface} "
-            + (f"for {duration:g} s" if duration else "until Ctrl-C")
-            + "...[/]"
+            f"[dim]capturing on {interface} " + (f"for {duration:g} s" if duration else "until Ctrl-C") + "...[/]"
         )
 
     def progress(elapsed: float, candidates: int) -> None:
@@ -183,9 +168,7 @@ def audit(
     _exit(report_doc["exit_code"])
 
 
-def _write_reports(
-    doc: dict, out: Path | None, junit: Path | None, html: Path | None, textfile: Path | None
-) -> None:
+def _write_reports(doc: dict, out: Path | None, junit: Path | None, html: Path | None, textfile: Path | None) -> None:
     from toolkit.audit.report_html import render_html
     from toolkit.audit.report_json import render_json, write_atomic
     from toolkit.audit.report_junit import render_junit
@@ -214,6 +197,7 @@ _STYLE = {
     "skip": "dim",
     "waived": "magenta",
     "info": "cyan",
+    "blocked": "bold cyan",
     "PASS": "bold green",
     "FAIL": "bold red",
     "INCONCLUSIVE": "bold yellow",
@@ -227,17 +211,21 @@ def _summary(doc: dict, console: Console) -> None:
     for c in doc["controls"]:
         t.add_row(c["id"], c["severity"], f"[{_STYLE[c['status']]}]{c['status']}[/]", c["detail"])
     console.print(t)
+    blocked = [c for c in doc["controls"] if c["status"] == "blocked"]
+    if blocked:
+        b = Table(title="blocked by the egress guard (never reached the wire)")
+        b.add_column("control")
+        b.add_column("what was stopped", overflow="fold")
+        for c in blocked:
+            b.add_row(c["id"], c["detail"])
+        console.print(b)
     if doc["findings"]:
-        f = Table(title="egress")
+        f = Table(title="escaped: egress seen on the wire")
         for col in ("proto", "local", "remote", "dir", "names", "pkts", "process"):
             f.add_column(col, overflow="fold")
         for x in doc["findings"][:50]:
             p = x.get("process") or {}
-            who = (
-                f"{p.get('pid')} {p.get('user')} {p.get('comm', '')}"
-                if p.get("pid")
-                else (p.get("status") or "-")
-            )
+            who = f"{p.get('pid')} {p.get('user')} {p.get('comm', '')}" if p.get("pid") else (p.get("status") or "-")
             f.add_row(
                 x["protocol"],
                 f"{x['local_address']}:{x['local_port']}",
@@ -252,9 +240,7 @@ def _summary(doc: dict, console: Console) -> None:
 
 
 def report(
-    directory: Path = typer.Argument(
-        ..., help="Directory holding the hosts' audit.json files (searched recursively)."
-    ),
+    directory: Path = typer.Argument(..., help="Directory holding the hosts' audit.json files (searched recursively)."),
     json_out: bool = typer.Option(False, "--json", help="Print the fleet summary as JSON."),
 ) -> None:
     import json

@@ -23,8 +23,9 @@ from toolkit.errors import CheckFailed
 from toolkit.sandbox import workstation
 
 INVENTORY = provision.REPO / "inventories" / "sandbox" / "hosts.yml"
-sandbox_app = typer.Typer(help="A sandbox workstation in a local systemd container: provision, bench, audit.",
-                          no_args_is_help=True)
+sandbox_app = typer.Typer(
+    help="A sandbox workstation in a local systemd container: provision, bench, audit.", no_args_is_help=True
+)
 
 
 def _toolkit(box: workstation.Sandbox, *args: str) -> list[str]:
@@ -79,14 +80,19 @@ def up_cmd(
     err.print(f"auditing for {audit_seconds} s inside the sandbox's network namespace")
     audit = subprocess.Popen(
         _toolkit(box, "audit", "--duration", str(audit_seconds), "--json", "--out", str(audit_dir)),
-        stdout=(audit_dir / "audit.json").open("w"), stderr=(audit_dir / "audit.log").open("w"))
+        stdout=(audit_dir / "audit.json").open("w"),
+        stderr=(audit_dir / "audit.log").open("w"),
+    )
     bench_rc = None
     if not skip_bench:
         bench_dir = run_dir / "bench"
         err.print("benchmarking the sandbox's endpoints")
         time.sleep(2)  # the capture is live before the first request
-        b = subprocess.run(_toolkit(box, "bench", "--plan", str(plan_file), "--out", str(bench_dir), "--json"),
-                           capture_output=True, text=True)
+        b = subprocess.run(
+            _toolkit(box, "bench", "--plan", str(plan_file), "--out", str(bench_dir), "--json"),
+            capture_output=True,
+            text=True,
+        )
         bench_rc = b.returncode
         (run_dir / "bench.log").write_text(b.stderr)
         try:
