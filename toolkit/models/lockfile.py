@@ -37,6 +37,11 @@ def load_lock(path: Path, allow_pickle: bool = False, missing_ok: bool = False) 
         raise UsageError(f"{path}: {err}") from None
 
 
+def _scalar(value: str) -> str:
+    # Quoted only where YAML would read it as something else (a digits-only commit is an int).
+    return yaml.safe_dump(value, width=10_000).removesuffix("\n...\n").strip()
+
+
 def dump_lock(lock: Lock) -> str:
     """YAML text of a lock: one flow mapping per file, the way people read and diff it."""
     data = lock_to_data(lock)
@@ -46,8 +51,8 @@ def dump_lock(lock: Lock) -> str:
         "models:" if data["models"] else "models: []",
     ]
     for m in data["models"]:
-        lines.append(f"  - repo: {m['repo']}")
-        lines.append(f"    revision: {m['revision']}")
+        lines.append(f"  - repo: {_scalar(m['repo'])}")
+        lines.append(f"    revision: {_scalar(m['revision'])}")
         if m.get("allow_pickle"):
             lines.append("    allow_pickle: true")
         lines.append("    files:")
