@@ -66,9 +66,9 @@ def list_revision(repo: str, revision: str | None) -> tuple[str, list[HubFile]]:
         raise UsageError(f"{repo}: repository not found on the hub (or gated/private without a token)") from None
     except HfHubHTTPError as err:
         raise EnvironmentProblem(f"{repo}: the hub answered an error: {str(err).splitlines()[0]}") from None
-    except OSError as err:  # httpx connection errors derive from it in huggingface-hub's wrappers
+    except OSError as err:
         raise EnvironmentProblem(f"{repo}: cannot reach the hub: {err}") from None
-    except Exception as err:  # httpx errors are not OSError; keep the CLI at one line
+    except Exception as err:  # connection errors of the HTTP client; keep the CLI at one line
         if type(err).__module__.startswith(("httpx", "httpcore")):
             raise EnvironmentProblem(f"{repo}: cannot reach the hub: {err}") from None
         raise

@@ -412,12 +412,9 @@ def resolve_targets(lock: Lock, directory: str, repo: str | None = None) -> list
     """
     if not os.path.isdir(directory):
         raise LockError(f"{directory} is not a directory")
-    if (
-        is_hf_cache(directory)
-        or os.path.isdir(os.path.join(directory, "hub"))
-        and is_hf_cache(os.path.join(directory, "hub"))
-    ):
-        cache = directory if is_hf_cache(directory) else os.path.join(directory, "hub")
+    # An HF_HOME holds the cache in hub/; accept either.
+    cache = next((d for d in (directory, os.path.join(directory, "hub")) if is_hf_cache(d)), None)
+    if cache is not None:
         models = [lock.model(repo)] if repo else list(lock.models)
         return [(m, snapshot_path(cache, m)) for m in models]
     if repo:
