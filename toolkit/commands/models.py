@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import typer
+from rich.console import Console
 
 from toolkit.errors import CheckFailed, UsageError
 from toolkit.models import lockfile
@@ -40,6 +41,27 @@ def _render(report: VerifyReport, as_json: bool, verbose: bool) -> None:
             print(r.line())
     checked = sum(1 for r in report.results if r.status != "unexpected")
     print(f"{checked} locked files checked, {len(report.problems)} problem(s)")
+
+
+def _verify_with_progress(targets: list, workers: int, show: bool) -> VerifyReport:
+    """verify_models with a bytes progress bar on stderr when it is a terminal (hashing 20 GB takes a while)."""
+    if not (show and sys.stderr.isatty()):
+        return verify_models(targets, workers=workers)
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    sizes = {(m.repo, f.path): f.size for m, _ in targets for f in m.files}
+    with Progress(
+        TextColumn("verifying"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        transient=True,
+        console=Console(stderr=True),
+    ) as bar:
+        task = bar.add_task("verify", total=sum(sizes.values()))
+        return verify_models(
+            targets, workers=workers, on_result=lambda r: bar.advance(task, sizes.get((r.repo, r.path), 0))
+        )
 
 
 def _fail_if_bad(report: VerifyReport, what: str) -> None:
@@ -151,7 +173,7 @@ def verify_cmd(
         targets = resolve_targets(parsed, str(directory), repo)
     except LockError as err:
         raise UsageError(str(err)) from None
-    report = verify_models(targets, workers=workers or default_workers())
+    report = _verify_with_progress(targets, workers or default_workers(), show=not as_json)
     _render(report, as_json, verbose)
     _fail_if_bad(report, "verify")
 
