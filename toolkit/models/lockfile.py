@@ -1,0 +1,98 @@
+"""Reading and writing the model lock (``models.lock.yaml``); the schema lives in module_utils/model_verify."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from toolkit.errors import UsageError
+from toolkit.module_utils.model_verify import Lock, LockedModel, LockError, lock_to_data, parse_lock
+
+DEFAULT_ORGS = ("Qwen", "meta-llama", "codellama", "nomic-ai", "sentence-transformers", "TheBloke")
+
+
+def load_lock(path: Path, allow_pickle: bool = False, missing_ok: bool = False) -> Lock:
+    """Parse and validate a lock file; any problem is one UsageError line naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        if missing_ok:
+            return Lock(version=1, models=())
+        raise UsageError(f"{path}: no such lock file") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise UsageError(f"{path}:{where}: not valid YAML: {problem}") from None
+    try:
+        return parse_lock(data, allow_pickle=allow_pickle)
+    except LockError as err:
+        raise UsageError(f"{path}: {err}") from None
+
+
+def _scalar(value: str) -> str:
+    # Quoted only where YAML would read it as something else (a digits-only commit is an int).
+    return yaml.safe_dump(value, width=10_000).removesuffix("\n...\n").strip()
+
+
+def dump_lock(lock: Lock) -> str:
+    """YAML text of a lock: one flow mapping per file, the way people read and diff it."""
+    data = lock_to_data(lock)
+    lines = [
+        "# Model lock: verified by `toolkit models verify`; written by `toolkit models lock`.",
+        f"version: {data['version']}",
+        "models:" if data["models"] else "models: []",
+    ]
+    for m in data["models"]:
+        lines.append(f"  - repo: {_scalar(m['repo'])}")
+        lines.append(f"    revision: {_scalar(m['revision'])}")
+        if m.get("allow_pickle"):
+            lines.append("    allow_pickle: true")
+        lines.append("    files:")
+        for f in m["files"]:
+            body = yaml.safe_dump(f, default_flow_style=True, sort_keys=False, width=10_000).strip()
+            lines.append(f"      - {body}")
+    text = "\n".join(lines) + "\n"
+    # The text we write must read back to the same lock.
+    assert parse_lock(yaml.safe_load(text), allow_pickle=True) == lock
+    return text
+
+
+def write_lock(path: Path, lock: Lock) -> None:
+    """Write atomically: a temp file beside the target, then os.replace, so a crash leaves the old lock."""
+    text = dump_lock(lock)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def upsert_model(lock: Lock, model: LockedModel) -> Lock:
+    """The lock with this repo's entry replaced (or added, keeping repos sorted)."""
+    others = [m for m in lock.models if m.repo != model.repo]
+    return Lock(version=lock.version, models=tuple(sorted([*others, model], key=lambda m: m.repo.lower())))
+
+
+def check_org(repo: str, allowed: list[str] | tuple[str, ...], allow_any: bool) -> None:
+    """Refuse a repo whose publishing organisation is not on the allowlist (unless allow_any)."""
+    org = repo.split("/", 1)[0]
+    if allow_any or org in allowed:
+        return
+    raise UsageError(
+        f"{repo}: organisation {org!r} is not on the allowlist ({', '.join(allowed)}); "
+        "add it with --allow-org or pass --allow-any-org"
+    )
