@@ -12,12 +12,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Lance logs from Rust straight to stderr (dataset created, projection deprecations): keep the
 # bench's stderr for its progress bars and errors.
 os.environ.setdefault("LANCEDB_LOG", "error")
-
-import lancedb  # noqa: E402
 
 from toolkit.bench.client import Api, Resolved
 from toolkit.errors import UsageError
@@ -165,7 +164,7 @@ def chunks_of(tree: Path, files: list[Path]) -> Iterator[Chunk]:
 
 @dataclass
 class Index:
-    table: lancedb.table.Table
+    table: Any  # lancedb.table.Table: lancedb is imported only when an index is built (2 s of imports)
     tree: Path
     files: int
     chunks: int
@@ -201,7 +200,9 @@ async def build(
         if on_batch:
             on_batch(min(i + BATCH, len(chunks)), len(chunks))
 
-    def store() -> lancedb.table.Table:
+    def store() -> Any:
+        import lancedb
+
         db = lancedb.connect(str(db_dir))
         return db.create_table(TABLE, data=rows, mode="overwrite")
 
