@@ -43,8 +43,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         if self.path == "/api/pull":
+            pulled = sorted(set(models()) | {body["model"]})
             with open(STATE, "w") as f:
-                json.dump(sorted(set(models()) | {body["model"]}), f)
+                json.dump(pulled, f)
             self.reply({"status": "success"})
         else:
             self.reply({"error": "not found"}, 404)
