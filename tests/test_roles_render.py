@@ -145,3 +145,16 @@ def test_site_playbook_passes_syntax_check():
     r = subprocess.run([PLAYBOOK_BIN, "--syntax-check", "-i", str(REPO / "inventories/local"),
                         str(REPO / "playbooks/site.yml")], capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_example_fleet_inventory_gives_each_gpu_tier_its_overrides():
+    inv_bin = str(Path(sys.executable).parent / "ansible-inventory")
+    r = subprocess.run([inv_bin, "-i", str(REPO / "inventories/example-fleet"), "--list"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    hostvars = json.loads(r.stdout)["_meta"]["hostvars"]
+    cpu = hostvars["ws-laptop-01.example.internal"]
+    assert cpu["toolkit_plan_overrides"] == {"runtime": "cpu", "autocomplete": {"shared": True}, "embed": {"backend": "vllm"}}
+    assert hostvars["ws-rtx3060-01.example.internal"]["toolkit_plan_overrides"]["embed"] == {"backend": "ollama"}
+    assert all(h["vllm_pip_index_url"].startswith("https://") for h in hostvars.values())
+    assert len(hostvars) == 5
