@@ -9,9 +9,8 @@ does not exercise (vLLM itself, the Ollama binary, a real editor, the NVIDIA dri
 from __future__ import annotations
 
 import pytest
-from roles_molecule import ROLES, assert_scenario_passed, require_cached, require_podman_image, run_molecule
-
 from conftest import REPO, require_root
+from roles_molecule import ROLES, assert_scenario_passed, require_cached, require_podman_image, run_molecule
 
 pytestmark = [pytest.mark.molecule, pytest.mark.podman, pytest.mark.slow]
 
