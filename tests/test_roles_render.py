@@ -77,6 +77,7 @@ def test_gpu_plan_gives_one_unit_per_server_with_the_plan_args_on_loopback(tmp_p
     for arg in plan["services"]["chat"]["args"]:
         assert f"'{arg}'" in line
     assert "'--host' '127.0.0.1'" in line
+    assert "'--enable-auto-tool-choice' '--tool-call-parser' 'hermes'" in line
     assert "--api-key" not in chat and "EnvironmentFile=/etc/vllm/api-key.env" in chat
     buckets = json.loads(line.split("'--custom-histogram-buckets' '")[1].split("'")[0])
     assert min(buckets["time_to_first_token"]) < 0.3 and 0.3 in buckets["request_latency"]
