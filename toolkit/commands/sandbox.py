@@ -8,6 +8,7 @@ with `toolkit audit`, and prints both verdicts.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -78,32 +79,75 @@ def up_cmd(
     audit_dir = run_dir / "audit"
     audit_dir.mkdir()
     err.print(f"auditing for {audit_seconds} s inside the sandbox's network namespace")
+    ready = audit_dir / ".capturing"
+    # Static checks read the sandbox's own files through /proc/PID/root; the capture and the
+    # listener check see its network namespace.
     audit = subprocess.Popen(
-        _toolkit(box, "audit", "--duration", str(audit_seconds), "--json", "--out", str(audit_dir)),
-        stdout=(audit_dir / "audit.json").open("w"),
-        stderr=(audit_dir / "audit.log").open("w"),
+        _toolkit(
+            box,
+            "audit",
+            "--duration",
+            str(audit_seconds),
+            "--out",
+            str(audit_dir),
+            "--host",
+            workstation.NAME,
+            "--ready-file",
+            str(ready),
+            "--home",
+            str(box.root / "root"),
+            "--home",
+            str(box.root / "home" / workstation.DEVELOPER),
+            "--unit-dir",
+            str(box.root / "etc" / "systemd" / "system"),
+        ),
+        stdout=(audit_dir / "audit.txt").open("w"),
+        stderr=subprocess.STDOUT,
     )
     bench_rc = None
     if not skip_bench:
         bench_dir = run_dir / "bench"
         err.print("benchmarking the sandbox's endpoints")
-        time.sleep(2)  # the capture is live before the first request
+        for _ in range(600):  # the capture is live before the first request
+            if ready.exists() or audit.poll() is not None:
+                break
+            time.sleep(0.1)
+        env = dict(os.environ, VLLM_API_KEY=box.api_key() or "")
         b = subprocess.run(
-            _toolkit(box, "bench", "--plan", str(plan_file), "--out", str(bench_dir), "--json"),
+            _toolkit(
+                box,
+                "bench",
+                "--plan",
+                str(plan_file),
+                "--out",
+                str(bench_dir),
+                "--json",
+                "--requests",
+                "10",
+                "--concurrency",
+                "1,2",
+                "--code-tree",
+                str(provision.REPO / "toolkit" / "bench"),
+            ),
             capture_output=True,
             text=True,
+            env=env,
         )
         bench_rc = b.returncode
         (run_dir / "bench.log").write_text(b.stderr)
         try:
             slo = json.loads(b.stdout)
-            details = ", ".join(f"{s['name']} {'ok' if s['passed'] else 'MISSED'}" for s in slo.get("slos", []))
+            details = ", ".join(
+                f"{s['name']}@{s['concurrency']} {s['measured']:.0f}{s['unit']} {'ok' if s['passed'] else 'MISSED'}"
+                for s in slo.get("slos", [])
+                if s.get("measured") is not None
+            )
         except (json.JSONDecodeError, KeyError, TypeError):
             details = (b.stderr.strip().splitlines() or ["no output"])[-1]
         rows.append(("bench (SLOs)", "PASS" if bench_rc == 0 else "FAIL", details))
     audit_rc = audit.wait()
     verdict = {0: "PASS", 1: "FAIL", 2: "INCONCLUSIVE"}.get(audit_rc, f"ERROR (exit {audit_rc})")
-    rows.append(("audit (egress)", verdict, f"report in {audit_dir}"))
+    rows.append(("audit (egress)", verdict, f"{audit_dir}/audit.html, audit.json"))
     Console().print(_verdicts_table(rows))
     if audit_rc != 0 or bench_rc not in (None, 0):
         raise CheckFailed("the sandbox workstation did not pass every check (see the table above)")

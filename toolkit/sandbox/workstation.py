@@ -26,7 +26,10 @@ MOUNTS = {
     "vllm-wheelhouse": "/srv/wheelhouse",
     "tiny-model": "/srv/models/tiny",
     "minilm": "/srv/models/minilm",
+    "continue-cli": "/opt/continue-cli",  # Continue's config schema validator (and cn)
 }
+NODE = "/usr/bin/node"  # the host's node runs the validator inside (both are Debian 12)
+DEVELOPER = "dev"  # the developer account whose Continue gets configured
 
 
 @dataclass
@@ -42,6 +45,17 @@ class Sandbox:
     def root(self) -> Path:
         """The sandbox's file system as seen from the host."""
         return Path(f"/proc/{self.pid}/root")
+
+    def api_key(self) -> str | None:
+        """The vLLM API key the vllm role generated (root-only file inside the sandbox)."""
+        try:
+            text = (self.root / "etc" / "vllm" / "api-key.env").read_text()
+        except OSError:
+            return None
+        for line in text.splitlines():
+            if line.startswith("VLLM_API_KEY="):
+                return line.split("=", 1)[1].strip().strip("'\"")
+        return None
 
     def enter(self, argv: list[str]) -> list[str]:
         """argv run on the host but inside the sandbox's network namespace."""
@@ -63,7 +77,7 @@ def preflight() -> None:
     """Everything the sandbox needs, checked before anything starts: one line naming what is missing."""
     if os.geteuid() != 0:
         raise EnvironmentProblem("the sandbox needs root (podman system containers and nsenter)")
-    for tool in ("podman", "nsenter"):
+    for tool in ("podman", "nsenter", NODE):
         if not shutil.which(tool):
             raise EnvironmentProblem(f"{tool} is not installed (run `bash .ci/install` first)")
     if _podman("image", "exists", IMAGE, check=False).returncode != 0:
@@ -103,6 +117,7 @@ def up(name: str = NAME, recreate: bool = False) -> Sandbox:
         ]
         for src, dst in MOUNTS.items():
             args += ["-v", f"{(CACHE / src).resolve()}:{dst}:ro"]
+        args += ["-v", f"{NODE}:/usr/local/bin/node:ro"]
         _podman(*args, IMAGE)
         box = status(name)
         if box is None:
@@ -111,6 +126,9 @@ def up(name: str = NAME, recreate: bool = False) -> Sandbox:
     while time.monotonic() < deadline:
         r = _podman("exec", name, "systemctl", "is-system-running", check=False)
         if r.stdout.strip() in ("running", "degraded"):
+            # A workstation has a developer; the continue role configures that account.
+            if _podman("exec", name, "id", DEVELOPER, check=False).returncode != 0:
+                _podman("exec", name, "useradd", "--create-home", "--shell", "/bin/bash", DEVELOPER)
             return box
         time.sleep(1)
     raise EnvironmentProblem(f"systemd in sandbox {name} did not come up in 90 s")
