@@ -9,6 +9,7 @@ from audit_support import control, report_of, run_toolkit
 
 from toolkit.audit.attribution import parse_socket_table
 from toolkit.audit.static_checks import (
+    StaticInputs,
     check_continue_config,
     check_continue_telemetry,
     check_units,
@@ -130,3 +131,24 @@ def test_cli_static_checks_use_injected_homes_and_units(tmp_path):
     assert proc.returncode == 1
     assert control(r, "CONFIG-001")["status"] == "fail" and control(r, "TELEMETRY-001")["status"] == "fail"
     assert control(r, "TELEMETRY-003")["status"] == "skip"
+
+
+def test_units_of_another_root_resolve_their_environment_files_inside_it(tmp_path):
+    """--root: a workstation judged from outside (a container's /proc/PID/root): the unit's absolute
+    EnvironmentFile= path is read inside that root, not on the auditing machine."""
+    root = tmp_path / "ws"
+    units = root / "etc" / "systemd" / "system"
+    units.mkdir(parents=True)
+    (root / "etc" / "vllm").mkdir()
+    (root / "etc" / "vllm" / "telemetry.env").write_text("HF_HUB_OFFLINE=1\nHF_HUB_DISABLE_TELEMETRY=1\n")
+    (units / "vllm-chat.service").write_text(
+        "[Service]\nEnvironment=VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1\nEnvironmentFile=/etc/vllm/telemetry.env\n"
+        "ExecStart=/opt/vllm/bin/python -m vllm.entrypoints.openai.api_server --host 127.0.0.1\n"
+    )
+    inputs = StaticInputs(root=root)
+    assert inputs.unit_directories() == [units]
+    vllm = check_units(inputs.unit_directories(), RULES["units"], inputs.root)[0]
+    assert vllm.status == "pass", vllm.items
+    # Read on the auditing machine instead, the file is missing: that is what --root prevents.
+    issues = [i["issue"] for i in check_units([units], RULES["units"])[0].items]
+    assert "EnvironmentFile /etc/vllm/telemetry.env is missing" in issues

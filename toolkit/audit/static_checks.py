@@ -12,7 +12,7 @@ import ipaddress
 import json
 import re
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -34,16 +34,22 @@ from toolkit.audit.controls import Result
 @dataclass
 class StaticInputs:
     proc_root: Path = Path("/proc")
-    homes: list[Path] | None = None  # None: /root and every directory in /home
-    unit_dirs: list[Path] = field(default_factory=lambda: [Path("/etc/systemd/system")])
+    homes: list[Path] | None = None  # None: /root and every directory in /home, under root
+    unit_dirs: list[Path] | None = None  # None: /etc/systemd/system, under root
+    # The file system judged: "/" here, or another machine's seen from outside (a container's
+    # /proc/PID/root, a mounted image); absolute paths inside it (EnvironmentFile=) resolve there.
+    root: Path = Path("/")
 
     def home_dirs(self) -> list[Path]:
         if self.homes is not None:
             return list(self.homes)
-        homes = [Path("/root")]
+        homes = [self.root / "root"]
         with contextlib.suppress(OSError):
-            homes += sorted(p for p in Path("/home").iterdir() if p.is_dir())
+            homes += sorted(p for p in (self.root / "home").iterdir() if p.is_dir())
         return homes
+
+    def unit_directories(self) -> list[Path]:
+        return list(self.unit_dirs) if self.unit_dirs is not None else [self.root / "etc" / "systemd" / "system"]
 
 
 def load_rules() -> dict[str, Any]:
@@ -59,7 +65,7 @@ def run_static_checks(inputs: StaticInputs, rules: dict[str, Any] | None = None)
         ("CONFIG-001", lambda: [check_continue_config(homes, rules["continue"])]),
         ("TELEMETRY-001", lambda: [check_continue_telemetry(homes, rules["continue"])]),
         ("TELEMETRY-002", lambda: [check_vscode_telemetry(homes, rules["vscode"])]),
-        ("TELEMETRY-003", lambda: check_units(inputs.unit_dirs, rules["units"])),
+        ("TELEMETRY-003", lambda: check_units(inputs.unit_directories(), rules["units"], inputs.root)),
     ):
         try:
             out += check()
@@ -314,10 +320,10 @@ def parse_unit(text: str) -> tuple[dict[str, str], list[str], list[str]]:
     return env, env_files, execs
 
 
-def _env_file(path: str) -> dict[str, str]:
+def _env_file(path: str, root: Path = Path("/")) -> dict[str, str]:
     optional = path.startswith("-")
     try:
-        text = Path(path.lstrip("-")).read_text()
+        text = (root / path.lstrip("-").lstrip("/")).read_text()
     except OSError:
         return {} if optional else {"__missing__": path}
     env = {}
@@ -329,7 +335,7 @@ def _env_file(path: str) -> dict[str, str]:
     return env
 
 
-def unit_environment(unit: Path) -> tuple[dict[str, str], list[str]]:
+def unit_environment(unit: Path, root: Path = Path("/")) -> tuple[dict[str, str], list[str]]:
     texts = [unit.read_text()]
     dropins = unit.parent / f"{unit.name}.d"
     if dropins.is_dir():
@@ -339,20 +345,20 @@ def unit_environment(unit: Path) -> tuple[dict[str, str], list[str]]:
     for text in texts:
         e, files, x = parse_unit(text)
         for f in files:
-            env.update(_env_file(f))
+            env.update(_env_file(f, root))
         env.update(e)
         execs += x
     return env, execs
 
 
-def check_units(unit_dirs: list[Path], rules: dict[str, Any]) -> list[Result]:
+def check_units(unit_dirs: list[Path], rules: dict[str, Any], root: Path = Path("/")) -> list[Result]:
     units = sorted({p for d in unit_dirs if d.is_dir() for p in d.glob("*.service")})
     results = []
     for product, rule in rules.items():
         items, matched = [], 0
         for unit in units:
             try:
-                env, execs = unit_environment(unit)
+                env, execs = unit_environment(unit, root)
             except OSError as err:
                 items.append({"unit": str(unit), "issue": f"cannot read: {err.strerror}"})
                 continue

@@ -100,6 +100,12 @@ def audit(
     unit_dir: list[Path] = typer.Option(
         [], "--unit-dir", help="systemd unit directories (default: /etc/systemd/system)."
     ),
+    root: Path = typer.Option(
+        Path("/"),
+        "--root",
+        help="File system whose Continue, VS Code and unit files are judged (default /; e.g. a "
+        "container's /proc/PID/root). Homes and unit dirs default to places under it.",
+    ),
     proc_root: Path = typer.Option(Path("/proc"), "--proc-root", help="Where /proc is (listener check)."),
     host: str | None = typer.Option(None, "--host", help="Host name in the reports (default: this machine's)."),
     buffer_kib: int = typer.Option(32768, "--buffer-kib", min=1, help="Kernel capture buffer in KiB."),
@@ -138,7 +144,7 @@ def audit(
         duration=duration or None,
         interface=interface,
         static=static if static is not None else pcap is None,
-        static_inputs=StaticInputs(proc_root, list(home) or None, list(unit_dir) or [Path("/etc/systemd/system")]),
+        static_inputs=StaticInputs(proc_root, list(home) or None, list(unit_dir) or None, root),
         waivers=load_waivers(waivers),
         buffer_kib=buffer_kib,
         attribute=attribution,
