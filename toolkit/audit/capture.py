@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import json
 import mmap
-import os
 import secrets
 import select
 import socket
@@ -441,23 +440,29 @@ def local_addresses() -> set[str]:
         return set()
 
 
-def interface_counters(sys_net: Path = Path("/sys/class/net")) -> dict[str, dict[str, int]]:
-    """Every packet each interface sent and received, counted by the kernel (no filter)."""
+def interface_counters(proc_net_dev: Path = Path("/proc/net/dev")) -> dict[str, dict[str, int]]:
+    """Every packet each interface sent and received, counted by the kernel (no filter).
+
+    /proc/net/dev, not /sys/class/net: /proc/net follows this process's network namespace, while
+    sysfs shows the namespace it was mounted in, so an audit entered into a container's namespace
+    (nsenter --net) would compare its capture with the host's interfaces.
+    """
     out: dict[str, dict[str, int]] = {}
     try:
-        ifaces = sorted(os.listdir(sys_net))
+        lines = proc_net_dev.read_text().splitlines()[2:]
     except OSError:
         return out
-    for name in ifaces:
-        stats = sys_net / name / "statistics"
-        try:
-            out[name] = {
-                "tx_packets": int((stats / "tx_packets").read_text()),
-                "rx_packets": int((stats / "rx_packets").read_text()),
-                "ifindex": int((sys_net / name / "ifindex").read_text()),
-            }
-        except (OSError, ValueError):
+    for line in lines:
+        name, _, rest = line.partition(":")
+        fields = rest.split()
+        if len(fields) < 10:
             continue
+        name = name.strip()
+        try:
+            ifindex = socket.if_nametoindex(name)
+        except OSError:
+            continue  # gone since the read
+        out[name] = {"tx_packets": int(fields[9]), "rx_packets": int(fields[1]), "ifindex": ifindex}
     return out
 
 
