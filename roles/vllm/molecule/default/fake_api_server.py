@@ -1,7 +1,8 @@
 """Stand-in for vllm.entrypoints.openai.api_server (the light scenario installs no vLLM).
 
 Parses the flags the role passes, binds --host/--port, checks the key from VLLM_API_KEY on /v1,
-and answers /health, /metrics and /v1/completions. It generates nothing real.
+and answers /health, /metrics, /v1/completions and /v1/embeddings (384 zeros, the MiniLM size the
+fleet tests plan for). It generates nothing real.
 """
 import json
 import os
@@ -19,6 +20,8 @@ class Handler(BaseHTTPRequestHandler):
     def reply(self, status, body):
         data = body.encode() if isinstance(body, str) else json.dumps(body).encode()
         self.send_response(status)
+        if not isinstance(body, str):
+            self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
@@ -38,7 +41,10 @@ class Handler(BaseHTTPRequestHandler):
         body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
         with open(os.path.join(os.environ["HOME"], "requests.log"), "a") as log:
             log.write(json.dumps({"path": self.path, "model": body.get("model")}) + "\n")
-        self.reply(200, {"model": body.get("model"), "choices": [{"text": " stand-in"}]})
+        if self.path == "/v1/embeddings":
+            self.reply(200, {"model": body.get("model"), "data": [{"index": 0, "embedding": [0.0] * 384}]})
+        else:
+            self.reply(200, {"model": body.get("model"), "choices": [{"text": " stand-in"}]})
 
 
 ThreadingHTTPServer((opt["--host"], int(opt["--port"])), Handler).serve_forever()

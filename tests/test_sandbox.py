@@ -1,0 +1,76 @@
+"""The README's main job, `toolkit sandbox up`, end to end on this machine.
+
+Real: a systemd podman container provisioned by `toolkit provision` (ansible-runner, site.yml)
+with vLLM's CPU build installed from the pinned wheelhouse, serving a tiny generator and MiniLM
+embeddings; Continue's config validated by Continue's schema; `toolkit bench` and `toolkit audit`
+run inside the container's network namespace. Not exercised: a GPU, Ollama (the CPU tier here
+serves embeddings with vLLM), an editor.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import CACHE, REPO, require, require_binary, require_root
+from fleet import image_available
+
+TOOLKIT = [sys.executable, "-m", "toolkit"]
+
+
+def sandbox(*args: str, timeout: int) -> tuple[subprocess.CompletedProcess, Path]:
+    r = subprocess.run([*TOOLKIT, "sandbox", *args], capture_output=True, text=True, cwd=REPO, timeout=timeout)
+    m = re.search(r"artifacts in (\S+)", r.stderr)
+    assert m, r.stderr[-3000:]
+    return r, Path(m.group(1))
+
+
+@pytest.mark.root
+@pytest.mark.podman
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_sandbox_up_converges_benches_audits_then_reconverges_with_no_change():
+    """Fresh sandbox: converge, bench and audit, both verdicts printed; then a second run changes nothing.
+
+    The audit must say PASS and every SLO must have been measured. Whether a latency SLO holds
+    depends on the load of this 2-core machine (the tool says FAIL, truthfully, when CI runs
+    beside it), so a missed SLO is reported by the test but is the only failure it tolerates.
+    """
+    require_root()
+    require_binary("podman")
+    require(image_available(), "needs the test image (.ci/install.d/20-test-image.sh)")
+    for dep in ("vllm-wheelhouse", "tiny-model", "minilm", "continue-cli"):
+        require((CACHE / dep / ".complete").exists(), f"needs {CACHE / dep} (bash .ci/install)")
+    try:
+        r, run_dir = sandbox("up", "--recreate", "--audit-seconds", "45", timeout=2400)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        (host,) = summary["hosts"].values()
+        assert host["failed"] == 0 and not host["unreachable"] and host["changed"] > 0, r.stderr[-3000:]
+        # Both verdicts are printed, in the table on stdout.
+        assert re.search(r"bench \(SLOs\)\s*│\s*(PASS|FAIL)", r.stdout), r.stdout
+        assert re.search(r"audit \(egress\)\s*│\s*PASS", r.stdout), (
+            r.stdout + (run_dir / "audit" / "audit.txt").read_text()
+        )
+        audit = json.loads((run_dir / "audit" / "audit.json").read_text())
+        assert audit["verdict"] == "PASS"
+        bench = json.loads((run_dir / "bench" / "bench.json").read_text())
+        slos = {(s["metric"], s["concurrency"]): s for s in bench["slos"]}
+        metrics = {"autocomplete.latency_ms", "chat.ttft_ms", "chat.decode_tps", "search.latency_ms"}
+        assert set(slos) == {(m, c) for m in metrics for c in (1, 2)}
+        assert all(s["measured"] is not None for s in slos.values()), slos
+        missed = [k for k, s in slos.items() if not s["passed"]]
+        assert r.returncode == (1 if missed else 0), r.stderr[-3000:]
+        if missed:
+            print(f"SLOs missed under this machine's load: {missed}")
+
+        # The same command again on the running sandbox: an idempotent converge and a fresh audit.
+        r2, run_dir2 = sandbox("up", "--skip-bench", "--audit-seconds", "10", timeout=1200)
+        assert r2.returncode == 0, r2.stderr[-3000:] + r2.stdout
+        (host2,) = json.loads((run_dir2 / "summary.json").read_text())["hosts"].values()
+        assert host2["failed"] == 0 and host2["changed"] == 0
+    finally:
+        subprocess.run([*TOOLKIT, "sandbox", "down"], cwd=REPO, capture_output=True, timeout=120)
