@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from toolkit.errors import UsageError
 from toolkit.guard import (
     GuardState,
     ServiceUser,
+    collect_guard_state,
     guard_findings,
     load_phone_home,
     match_phone_home,
@@ -188,3 +190,29 @@ def test_every_role_default_is_specified_and_documented() -> None:
     assert set(defaults) == set(spec)
     for name in defaults:
         assert f"`{name}`" in readme, name
+
+
+def test_guard_state_of_another_root_takes_its_users_and_hosts_file_not_this_machines(tmp_path: Path) -> None:
+    """A container judged from outside (`toolkit audit --guard --root /proc/PID/root`): its passwd and
+    /etc/hosts decide. The ruleset comes from a recorded nft answer; no kernel is asked."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nvllm:x:999:995::/opt/vllm:/usr/sbin/nologin\n")
+    names = [e.host for e in load_phone_home() if e.sinkhole]
+    (tmp_path / "etc" / "hosts").write_text("".join(f"0.0.0.0 {n}\n" for n in names))
+
+    def fake_nft(cmd, **_):
+        out = json.dumps(RECORDED) if "nft" in cmd[0] else ""
+        return subprocess.CompletedProcess(cmd, 0 if "nft" in cmd[0] else 1, out, "")
+
+    state = collect_guard_state(users=("vllm", "ollama"), root=tmp_path, run=fake_nft)
+    assert state.users == (ServiceUser("vllm", 999), ServiceUser("ollama", None))
+    assert sorted(state.sinkhole_present) == sorted(names)
+    found = {f.control: f.status for f in guard_findings(state)}
+    assert found["GUARD-001"] == "pass" and found["GUARD-003"] == "pass"
+
+
+def test_passwd_of_another_root_names_its_uids_and_the_first_entry_wins() -> None:
+    from toolkit.passwd import parse_passwd
+
+    text = "root:x:0:0::/root:/bin/sh\nvllm:x:999:995::/opt/vllm:/usr/sbin/nologin\nvllm:x:5:5::/:/bin/sh\nbad line\n"
+    assert parse_passwd(text) == {"root": 0, "vllm": 999}

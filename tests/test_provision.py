@@ -163,3 +163,65 @@ def test_fleet_of_three_stack_hosts_converges_in_parallel_and_then_changes_nothi
         assert again.returncode == 0, again.stderr[-3000:]
         changed = {h: s["changed"] for h, s in json.loads(again.stdout)["hosts"].items()}
         assert changed == dict.fromkeys(hosts, 0)
+
+
+def _event(kind: str, host: str, role: str = "", task: str = "t", **res) -> dict:
+    """The fields of an ansible-runner job event that the tracker reads (stands in for a live run)."""
+    return {"event": kind, "event_data": {"host": host, "role": role, "task": task, "res": res}}
+
+
+def test_live_view_has_a_column_per_role_of_site_yml_in_play_order():
+    from toolkit.provision import playbook_roles
+
+    assert playbook_roles("site.yml") == [
+        "facts",
+        "nvidia_driver",
+        "model_store",
+        "vllm",
+        "ollama",
+        "egress_guard",
+        "continue",
+    ]
+    assert playbook_roles("plan.yml") == ["facts"]
+
+
+def test_tracker_counts_per_role_and_the_view_shows_running_failed_and_pending_cells():
+    """Synthetic runner events (the shape ansible-runner hands the event_handler); the real stream is
+    exercised by the fleet and sandbox tests."""
+    from rich.console import Console
+
+    from toolkit.commands.provision import progress_table
+    from toolkit.provision import EventTracker, playbook_roles
+
+    tracker = EventTracker()
+    for ev in (
+        _event("runner_on_ok", "ws1", task="Gathering Facts"),
+        _event("runner_on_ok", "ws2", task="Gathering Facts"),
+        _event("runner_on_skipped", "ws1", "nvidia_driver"),
+        _event("runner_on_ok", "ws1", "vllm", "Create the service user", changed=True),
+        _event("runner_on_ok", "ws1", "vllm", "Write the unit"),
+        _event("runner_on_start", "ws1", "vllm", "Wait for /health"),
+        _event("runner_on_failed", "ws2", "nvidia_driver", "Install the driver", msg="no\nsuch package"),
+    ):
+        tracker(ev)
+    ws1, ws2 = tracker.hosts["ws1"], tracker.hosts["ws2"]
+    assert (ws1.ok, ws1.changed, ws1.skipped) == (3, 1, 1)
+    assert (ws1.roles["vllm"].ok, ws1.roles["vllm"].changed) == (2, 1)
+    assert ws2.failed == 1 and ws2.errors == ["Install the driver: no such package"]
+
+    console = Console(record=True, width=250)
+    console.print(progress_table(tracker, playbook_roles("site.yml")))
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in console.export_text().splitlines()
+        if line.startswith("│ ws")
+    }
+    # facts, nvidia_driver, model_store, vllm, ollama, egress_guard, continue
+    assert rows["ws1"] == ["ok 1", "skipped", "...", "> Wait for /health", "...", "...", "..."]
+    assert rows["ws2"][:2] == ["ok 1", "failed"]
+
+    tracker({"event": "playbook_on_stats", "event_data": {}})
+    assert all(h.done for h in tracker.hosts.values())
+    console = Console(record=True, width=250)
+    console.print(progress_table(tracker, playbook_roles("site.yml")))
+    assert "│ ok 2 ~1 " in console.export_text() and "..." not in console.export_text()

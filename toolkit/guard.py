@@ -29,6 +29,7 @@ from typing import Any
 import yaml
 
 from toolkit.errors import UsageError
+from toolkit.passwd import read_passwd
 
 DEFAULT_TABLE = "toolkit_egress_guard"
 DEFAULT_USERS = ("vllm", "ollama")
@@ -395,7 +396,12 @@ def read_kernel_log(prefix: str = DEFAULT_LOG_PREFIX, run: Runner = subprocess.r
     return [], None
 
 
-def resolve_users(names: Iterable[str]) -> tuple[ServiceUser, ...]:
+def resolve_users(names: Iterable[str], root: Path | None = None) -> tuple[ServiceUser, ...]:
+    """uids of the service users: this machine's, or those of the file system at ``root`` (a
+    container's /proc/PID/root), whose uids the kernel matches in its network namespace."""
+    if root is not None:
+        table = read_passwd(root)
+        return tuple(ServiceUser(name, table.get(name)) for name in names)
     users = []
     for name in names:
         try:
@@ -413,8 +419,12 @@ def collect_guard_state(
     phone_home: Sequence[PhoneHomeEndpoint] | None = None,
     netns: str | None = None,
     run: Runner = subprocess.run,
+    root: Path | None = None,
 ) -> GuardState:
-    """Reads the guard from this host (or from inside network namespace ``netns``)."""
+    """Reads the guard from this host (or from inside network namespace ``netns``). With ``root``,
+    the users and the hosts file are those of that file system (a container seen from outside)."""
+    if root is not None and hosts_file is not None and not hosts_file.is_relative_to(root):
+        hosts_file = root / hosts_file.relative_to("/")
     doc, err = read_ruleset(table, netns=netns, run=run)
     lines, source = read_kernel_log(log_prefix, run=run)
     endpoints = load_phone_home() if phone_home is None else phone_home
@@ -428,7 +438,7 @@ def collect_guard_state(
     return GuardState(
         table=table,
         ruleset=parse_ruleset(doc),
-        users=resolve_users(users),
+        users=resolve_users(users, root),
         attempts=tuple(parse_log_lines(lines, log_prefix)),
         sinkhole_expected=expected,
         sinkhole_present=present,

@@ -25,9 +25,23 @@ DEFAULT_INVENTORY = REPO / "inventories" / "local"
 RUNS_DIR = REPO / "artifacts" / "runs"
 
 
+# Tasks outside any role (gpu_facts planning, fact gathering) are counted under this name.
+NO_ROLE = "facts"
+
+
+@dataclass
+class RoleState:
+    """What one role did on one host."""
+
+    ok: int = 0
+    changed: int = 0
+    failed: int = 0
+    skipped: int = 0
+
+
 @dataclass
 class HostState:
-    """What one host is doing now and what it did."""
+    """What one host is doing now and what it did, in all and per role."""
 
     role: str = ""
     task: str = ""
@@ -36,7 +50,9 @@ class HostState:
     failed: int = 0
     skipped: int = 0
     unreachable: bool = False
+    done: bool = False
     errors: list[str] = field(default_factory=list)
+    roles: dict[str, RoleState] = field(default_factory=dict)
 
 
 @dataclass
@@ -74,29 +90,73 @@ class EventTracker:
         kind = event.get("event", "")
         data = event.get("event_data", {}) or {}
         host = data.get("host")
-        if host and kind.startswith("runner_on_"):
+        if kind == "playbook_on_stats":
+            for st in self.hosts.values():
+                st.done = True
+            if self.on_change:
+                self.on_change(self)
+        elif host and kind.startswith("runner_on_"):
             st = self.hosts.setdefault(host, HostState())
-            st.role = data.get("role") or st.role
+            st.role = data.get("role") or NO_ROLE
             st.task = data.get("task") or st.task
+            rs = st.roles.setdefault(st.role, RoleState())
             res = data.get("res", {}) or {}
-            if kind == "runner_on_start":
-                pass
-            elif kind == "runner_on_ok":
-                st.ok += 1
-                st.changed += bool(res.get("changed"))
+            if kind == "runner_on_ok":
+                changed = bool(res.get("changed"))
+                st.ok, rs.ok = st.ok + 1, rs.ok + 1
+                st.changed, rs.changed = st.changed + changed, rs.changed + changed
                 if "ansible_facts" in res:
                     self.facts.setdefault(host, {}).update(res["ansible_facts"])
             elif kind == "runner_on_failed" and not data.get("ignore_errors"):
-                st.failed += 1
+                st.failed, rs.failed = st.failed + 1, rs.failed + 1
                 st.errors.append(f"{data.get('task')}: {_one_line(res.get('msg') or res.get('stderr') or res)}")
             elif kind == "runner_on_unreachable":
                 st.unreachable = True
+                rs.failed += 1
                 st.errors.append(f"unreachable: {_one_line(res.get('msg') or res)}")
             elif kind == "runner_on_skipped":
-                st.skipped += 1
+                st.skipped, rs.skipped = st.skipped + 1, rs.skipped + 1
             if self.on_change:
                 self.on_change(self)
         return True  # keep the event in the artifacts
+
+
+def playbook_roles(playbook: str, base: Path = PLAYBOOKS) -> list[str]:
+    """The roles a playbook runs, in order (following import_playbook): the columns of the live
+    view, known before the first event. Tasks outside roles come first, as NO_ROLE."""
+    import yaml
+
+    roles = [NO_ROLE]
+
+    def walk(tasks: list) -> None:
+        for t in tasks or []:
+            if not isinstance(t, dict):
+                continue
+            for key in ("ansible.builtin.import_role", "ansible.builtin.include_role", "import_role", "include_role"):
+                name = (t.get(key) or {}).get("name") if isinstance(t.get(key), dict) else None
+                if name and name not in roles:
+                    roles.append(name)
+            walk(t.get("block", []))
+
+    def read(path: Path) -> None:
+        try:
+            plays = yaml.safe_load(path.read_text()) or []
+        except (OSError, yaml.YAMLError):
+            return
+        for play in plays if isinstance(plays, list) else []:
+            if not isinstance(play, dict):
+                continue
+            if "ansible.builtin.import_playbook" in play or "import_playbook" in play:
+                read(path.parent / (play.get("ansible.builtin.import_playbook") or play.get("import_playbook")))
+            for r in play.get("roles") or []:
+                name = r.get("role") or r.get("name") if isinstance(r, dict) else r
+                if name and name not in roles:
+                    roles.append(name)
+            for section in ("pre_tasks", "tasks", "post_tasks"):
+                walk(play.get(section, []))
+
+    read(base / playbook)
+    return roles
 
 
 def _one_line(value: object) -> str:

@@ -88,7 +88,10 @@ def inode_owners(proc_root: Path = Path("/proc")) -> dict[int, int]:
     return owners
 
 
-def user_name(uid: int) -> str:
+def user_name(uid: int, names: dict[int, str] | None = None) -> str:
+    """This machine's name for uid, or the one in ``names`` (another root's users) when given."""
+    if names is not None:
+        return names.get(uid, str(uid))
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
@@ -128,6 +131,7 @@ class Attributor:
     """Looks flows up in a worker thread so the capture loop never waits on /proc."""
 
     proc_root: Path = Path("/proc")
+    user_names: dict[int, str] | None = None  # uid -> name of the audited root, when not this machine's
     attempted: int = 0
     attributed: int = 0
     unattributed: int = 0
@@ -175,7 +179,7 @@ class Attributor:
             result: dict[str, Any] = {"method": METHOD, "pid": None, "user": "unknown", "cmdline": "unknown"}
             entry = match(entries, proto, local, remote) if proto in ("tcp", "udp") else None
             if entry is not None and entry.inode:
-                result["user"] = user_name(entry.uid)
+                result["user"] = user_name(entry.uid, self.user_names)
                 pid = owners.get(entry.inode)
                 if pid is not None:
                     result.update(process_info(pid, self.proc_root))

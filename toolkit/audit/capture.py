@@ -476,6 +476,7 @@ def live_capture(
     attribute: bool = True,
     probe_wait: float = 3.0,
     on_live: Callable[[], None] | None = None,
+    user_names: dict[int, str] | None = None,
 ) -> CaptureResult:
     """Capture for ``duration`` seconds (None: until Ctrl-C or ``stop``) and audit what passed."""
     pcap = load_libpcap()
@@ -491,7 +492,7 @@ def live_capture(
     if not handle:
         receiver.close()
         raise CaptureUnavailable(f"cannot open {interface}: {errbuf.value.decode(errors='replace')}")
-    attributor = Attributor() if attribute else None
+    attributor = Attributor(user_names=user_names) if attribute else None
     try:
         pcap.pcap_set_snaplen(handle, 65535)
         pcap.pcap_set_promisc(handle, 0)

@@ -8,6 +8,7 @@ It is opt-in: on a machine the guard was never provisioned on, GUARD-001 would f
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from toolkit.audit import controls
@@ -48,13 +49,17 @@ def guard_results(findings: list[Any]) -> list[Result]:
     return out
 
 
-def enable_guard(users: tuple[str, ...] = ()) -> None:
-    """Register GUARD-00x and the check that reads the guard (toolkit.guard) from this machine's kernel."""
+def enable_guard(users: tuple[str, ...] = (), root: Path | None = None) -> None:
+    """Register GUARD-00x and the check that reads the guard (toolkit.guard) from this machine's kernel.
+
+    ``root`` other than / is a container's file system: its users and hosts file are judged."""
     from toolkit import guard
 
     for c in GUARD_CONTROLS:
         controls.register(c)
-    kwargs = {"users": users} if users else {}
+    kwargs: dict[str, Any] = {"users": users} if users else {}
+    if root is not None and root != Path("/"):
+        kwargs["root"] = root
 
     def check(context: dict[str, Any]) -> list[Result]:
         if context["mode"] != "live":

@@ -20,6 +20,7 @@ from toolkit.audit.controls import Result
 from toolkit.audit.policy import Policy
 from toolkit.audit.static_checks import StaticInputs, run_static_checks
 from toolkit.audit.waivers import Waiver, apply_waivers
+from toolkit.passwd import read_passwd
 
 SCHEMA = 1
 
@@ -37,6 +38,13 @@ class AuditOptions:
     buffer_kib: int = 32768
     attribute: bool = True
     ready_file: Path | None = None
+
+
+def _user_names(root: Path) -> dict[int, str] | None:
+    """uid -> name of the audited root's own users; None for this machine (its NSS is asked)."""
+    if root == Path("/"):
+        return None
+    return {uid: name for name, uid in reversed(read_passwd(root).items())}
 
 
 def _iso(ts: float) -> str:
@@ -112,6 +120,7 @@ def run_audit(opts: AuditOptions, stop: Event | None = None, progress=None) -> d
                 progress,
                 attribute=opts.attribute,
                 on_live=on_live,
+                user_names=_user_names(opts.static_inputs.root),
             )
     except CaptureUnavailable as err:
         unavailable = str(err)

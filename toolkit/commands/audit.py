@@ -135,7 +135,7 @@ def audit(
     if guard:
         from toolkit.audit.extensions import enable_guard
 
-        enable_guard(tuple(guard_user))
+        enable_guard(tuple(guard_user), root)
     if pcap is not None and (interface != "any"):
         raise AuditUsageError("--pcap and --interface exclude each other")
     opts = AuditOptions(

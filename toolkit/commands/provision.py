@@ -9,19 +9,39 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from toolkit import provision
 from toolkit.errors import CheckFailed
 
 
-def _progress_table(tracker: provision.EventTracker) -> Table:
-    t = Table("host", "role", "task", "ok", "changed", "failed", title="provisioning")
-    t.columns[2].overflow = "ellipsis"
-    t.columns[2].max_width = 50
-    for host, s in sorted(tracker.hosts.items()):
-        failed = "[red]unreachable[/red]" if s.unreachable else (f"[red]{s.failed}[/red]" if s.failed else "0")
-        t.add_row(host, s.role or "-", s.task, str(s.ok), str(s.changed), failed)
+def _cell(host: provision.HostState, role: str) -> str:
+    """One host x role cell of the live view."""
+    rs = host.roles.get(role)
+    if rs is not None and rs.failed:
+        return "[red]failed[/red]"
+    if role == host.role and not host.done and not host.unreachable:
+        return f"[cyan]> {escape(host.task)}[/cyan]"
+    if rs is None:
+        return "-" if host.done or host.unreachable else "[dim]...[/dim]"
+    if rs.ok == 0:
+        return "[dim]skipped[/dim]"
+    return f"[green]ok {rs.ok}[/green]" + (f" [yellow]~{rs.changed}[/yellow]" if rs.changed else "")
+
+
+def progress_table(tracker: provision.EventTracker, roles: list[str]) -> Table:
+    """The live view: a row per host, a column per role (ok count, ~changed, the running task)."""
+    seen = [r for h in tracker.hosts.values() for r in h.roles if r not in roles]
+    cols = roles + list(dict.fromkeys(seen))
+    t = Table("host", *cols, title="provisioning (ok N, ~changed, > running task)")
+    for col in t.columns[1:]:
+        col.overflow = "ellipsis"
+        col.max_width = 28
+        col.no_wrap = True
+    for name, h in sorted(tracker.hosts.items()):
+        label = f"[red]{name} (unreachable)[/red]" if h.unreachable else name
+        t.add_row(label, *(_cell(h, r) for r in cols))
     return t
 
 
@@ -76,9 +96,11 @@ def provision_cmd(
         if live:
             live.start()
 
+    roles = provision.playbook_roles(playbook)
+
     def on_change(tracker: provision.EventTracker) -> None:
         if live:
-            live.update(_progress_table(tracker))
+            live.update(progress_table(tracker, roles))
             return
         for host, s in tracker.hosts.items():  # plain logs: one line per role a host enters
             if s.role and last_roles.get(host) != s.role:

@@ -96,6 +96,8 @@ def up_cmd(
             str(ready),
             "--root",
             str(box.root),
+            # The egress guard the play loaded in the sandbox's netns, judged for the sandbox's users.
+            "--guard",
         ),
         stdout=(audit_dir / "audit.txt").open("w"),
         stderr=subprocess.STDOUT,
