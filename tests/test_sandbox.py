@@ -57,6 +57,9 @@ def test_sandbox_up_converges_benches_audits_then_reconverges_with_no_change():
         )
         audit = json.loads((run_dir / "audit" / "audit.json").read_text())
         assert audit["verdict"] == "PASS"
+        # The guard the play loaded in the sandbox covers the sandbox's own vllm user.
+        guard = {c["id"]: c for c in audit["controls"] if c["id"].startswith("GUARD-")}
+        assert guard["GUARD-001"]["status"] == "pass" and "vllm (uid" in guard["GUARD-001"]["detail"]
         bench = json.loads((run_dir / "bench" / "bench.json").read_text())
         slos = {(s["metric"], s["concurrency"]): s for s in bench["slos"]}
         metrics = {"autocomplete.latency_ms", "chat.ttft_ms", "chat.decode_tps", "search.latency_ms"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
@@ -43,6 +44,19 @@ def progress_table(tracker: provision.EventTracker, roles: list[str]) -> Table:
         label = f"[red]{name} (unreachable)[/red]" if h.unreachable else name
         t.add_row(label, *(_cell(h, r) for r in cols))
     return t
+
+
+def role_logger(console: Console) -> Callable[[provision.EventTracker], None]:
+    """Progress for logs (no terminal): a line the first time each host enters each role."""
+    printed: set[tuple[str, str]] = set()
+
+    def log(tracker: provision.EventTracker) -> None:
+        for host, s in sorted(tracker.hosts.items()):
+            if s.role and (host, s.role) not in printed:
+                printed.add((host, s.role))
+                console.print(f"{host}: {s.role}", highlight=False)
+
+    return log
 
 
 def plans_table(plans: dict[str, dict]) -> Table:
@@ -88,7 +102,6 @@ def provision_cmd(
     err = Console(stderr=True)
     hosts = provision.check_inventory(inventory, limit)
     live = Live(console=err, refresh_per_second=4, transient=False) if err.is_terminal else None
-    last_roles: dict[str, str] = {}
 
     def on_plans(run_dir: Path, plans: dict[str, dict]) -> None:
         err.print(f"run {run_dir.name}: {len(hosts)} host(s) from {inventory}; artifacts in {run_dir}")
@@ -98,14 +111,13 @@ def provision_cmd(
 
     roles = provision.playbook_roles(playbook)
 
+    plain = role_logger(err)
+
     def on_change(tracker: provision.EventTracker) -> None:
         if live:
             live.update(progress_table(tracker, roles))
-            return
-        for host, s in tracker.hosts.items():  # plain logs: one line per role a host enters
-            if s.role and last_roles.get(host) != s.role:
-                last_roles[host] = s.role
-                err.print(f"{host}: {s.role}")
+        else:
+            plain(tracker)
 
     try:
         result = provision.provision(

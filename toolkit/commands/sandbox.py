@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from toolkit import provision
-from toolkit.commands.provision import plans_table, report
+from toolkit.commands.provision import plans_table, report, role_logger
 from toolkit.errors import CheckFailed
 from toolkit.sandbox import workstation
 
@@ -36,6 +36,7 @@ def _toolkit(box: workstation.Sandbox, *args: str) -> list[str]:
 
 def _verdicts_table(rows: list[tuple[str, str, str]]) -> Table:
     t = Table("check", "verdict", "details", title="sandbox workstation")
+    t.columns[2].overflow = "fold"  # paths must survive a narrow log whole
     for name, verdict, details in rows:
         colour = "green" if verdict == "PASS" else ("yellow" if verdict == "INCONCLUSIVE" else "red")
         t.add_row(name, f"[{colour}]{verdict}[/{colour}]", details)
@@ -62,13 +63,7 @@ def up_cmd(
         err.print(f"provisioning; artifacts in {run_dir}")
         err.print(plans_table(plans))
 
-    last: dict[str, str] = {}
-
-    def on_change(tracker: provision.EventTracker) -> None:
-        for host, s in tracker.hosts.items():
-            if s.role and last.get(host) != s.role:
-                last[host] = s.role
-                err.print(f"{host}: {s.role}")
+    on_change = role_logger(err)
 
     result = provision.provision(INVENTORY, on_plans=on_plans, on_change=on_change)
     report(result)
