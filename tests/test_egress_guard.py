@@ -216,3 +216,15 @@ def test_passwd_of_another_root_names_its_uids_and_the_first_entry_wins() -> Non
 
     text = "root:x:0:0::/root:/bin/sh\nvllm:x:999:995::/opt/vllm:/usr/sbin/nologin\nvllm:x:5:5::/:/bin/sh\nbad line\n"
     assert parse_passwd(text) == {"root": 0, "vllm": 999}
+
+
+def test_audit_of_another_root_names_flows_after_its_users_not_this_machines(tmp_path: Path) -> None:
+    from toolkit.audit.attribution import user_name
+    from toolkit.audit.run import _user_names
+
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("vllm:x:0:0::/:/bin/sh\nroot:x:0:0::/root:/bin/sh\n")
+    names = _user_names(tmp_path)
+    assert names == {0: "vllm"}  # the container's name for uid 0, not this machine's "root"
+    assert user_name(0, names) == "vllm" and user_name(4242, names) == "4242"
+    assert _user_names(Path("/")) is None and user_name(0) == "root"

@@ -44,6 +44,7 @@ def _user_names(root: Path) -> dict[int, str] | None:
     """uid -> name of the audited root's own users; None for this machine (its NSS is asked)."""
     if root == Path("/"):
         return None
+    # reversed: where names share a uid, the first one listed wins, as getpwuid answers.
     return {uid: name for name, uid in reversed(read_passwd(root).items())}
 
 
