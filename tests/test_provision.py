@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import CACHE, REPO, require, require_binary
-from fleet import image_available, podman, podman_fleet, stack_fleet
+from fleet import image_available, podman, stack_fleet
 
 TOOLKIT = [sys.executable, "-m", "toolkit"]
 
@@ -81,22 +81,6 @@ def test_provision_local_plans_and_keeps_artifacts():
     gpu = json.loads((run_dir / "plans" / "localhost.gpu.json").read_text())
     assert plan["runtime"] == "cpu" and gpu["status"] == "no-gpu"
     assert (run_dir / "artifacts" / "converge" / "stdout").exists() and (run_dir / "summary.json").exists()
-
-
-@pytest.mark.podman
-@pytest.mark.slow
-def test_fleet_of_three_podman_hosts_is_planned_and_converged_in_parallel(tmp_path):
-    require_binary("podman")
-    require(image_available(), "needs the test image (.ci/install.d/20-test-image.sh)")
-    with podman_fleet(3, tmp_path) as inv:
-        r = run("provision", "-i", str(inv), "--forks", "3", "--json", "--tags", "facts")
-        assert r.returncode == 0, r.stderr
-        summary = json.loads(r.stdout)
-        assert len(summary["hosts"]) == 3 and all(h["failed"] == 0 for h in summary["hosts"].values())
-        plans = list((Path(summary["run_dir"]) / "plans").glob("*[0-9].json"))
-        assert len(plans) == 3
-        for p in plans:
-            assert json.loads(p.read_text())["runtime"] == "cpu"
 
 
 def _host_spans(run_dir: Path) -> dict[str, tuple[str, str]]:

