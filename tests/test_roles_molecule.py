@@ -48,9 +48,9 @@ def test_role_scenario_passes(role):
 
 
 def test_site_check_mode_on_a_fresh_host_reports_changes_and_makes_none(tmp_path):
-    """`toolkit provision --check --diff` (site.yml) on a fresh systemd container: every role runs its dry run to the end, and
-    afterwards there is no vllm user, no /etc/vllm, no venv and no Continue file (only the apt index
-    is refreshed, so the dry run can resolve packages)."""
+    """`toolkit provision --check --diff` (site.yml) on a fresh systemd container: every role runs
+    its dry run to the end, and afterwards there is no vllm user, no /etc/vllm, no venv and no
+    Continue file (only the apt index is refreshed, so the dry run can resolve packages)."""
     require_root()
     require_podman_image()
     host_vars = {
