@@ -97,3 +97,12 @@ def test_toolkit_debug_shows_the_traceback(monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err
     assert err.splitlines()[-1].startswith("toolkit: internal error: KeyError: 'plan'")
+
+
+def test_cli_reference_is_current():
+    from pathlib import Path
+
+    from toolkit import clidoc
+
+    doc = Path(__file__).resolve().parent.parent / "docs" / "cli.md"
+    assert doc.read_text() == clidoc.render(), "docs/cli.md is stale: run `python -m toolkit.clidoc > docs/cli.md`"
