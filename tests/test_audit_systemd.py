@@ -64,7 +64,7 @@ CASES: dict[str, tuple[dict[str, str], str, str | None]] = {
             f"{ETC}/tc5-vllm.service.d/q.conf": '[Service]\nEnvironment=T_A=1 "HF_HUB_OFFLINE=0 T_B=2\n',
         },
         "inconclusive",
-        "q.conf:2: Environment= unbalanced \" quote: systemd ignores the rest of the line",
+        'q.conf:2: Environment= unbalanced " quote: systemd ignores the rest of the line',
     ),
     "tc6-vllm": (  # the only assignment is unbalanced: nothing is set, a finding
         {f"{ETC}/tc6-vllm.service": _unit('Environment="' + ALL.split("=", 1)[1])},
@@ -119,7 +119,7 @@ CASES: dict[str, tuple[dict[str, str], str, str | None]] = {
     "tc13-vllm": (  # quotes inside a word and escapes inside quotes
         {
             f"{ETC}/tc13-vllm.service": _unit(
-                "Environment=VLLM_NO_USAGE_STATS=\"1\" 'DO_NOT_TRACK'=1 \"HF_HUB_OFFLINE=\\x31\" "
+                'Environment=VLLM_NO_USAGE_STATS="1" \'DO_NOT_TRACK\'=1 "HF_HUB_OFFLINE=\\x31" '
                 "HF_HUB_DISABLE_TELEMETRY=1\n"
             )
         },
@@ -182,7 +182,7 @@ def test_vllm_unit_environment_is_judged_as_systemd_builds_it(tmp_path, case):
 
 
 def test_systemd_word_splitting_and_environment_file_syntax_from_recorded_text():
-    assert split_words("A=1 \"B=2 3\" C='x y'z \"D=\\x31\\s\"") == (["A=1", "B=2 3", "C=x yz", "D=1 "], None)
+    assert split_words('A=1 "B=2 3" C=\'x y\'z "D=\\x31\\s"') == (["A=1", "B=2 3", "C=x yz", "D=1 "], None)
     assert split_words('A=1 "B=2') == (["A=1"], 'unbalanced " quote')
     assert split_words("A=1 B=\\q C=3") == (["A=1"], "unknown escape \\q")
     env, notes = parse_env_file("A= x y  \nB='1\n2'\nC=\"a\\$b\\qc\"\n# c\\\nD=1\n;E=2\nF\\\n=3\n")

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 
@@ -29,6 +28,7 @@ from toolkit.audit.attribution import (
 )
 from toolkit.audit.controls import Result
 from toolkit.audit.systemd_unit import SYSTEM_UNIT_PATH, service_environment
+from toolkit.audit.urls import is_loopback_url
 
 
 @dataclass
@@ -172,11 +172,6 @@ def _models(doc: Any) -> list[dict[str, Any]]:
     return models
 
 
-def _api_base_local(api_base: str, local_hosts: list[str]) -> bool:
-    host = (urlparse(api_base).hostname or "").lower()
-    return host in local_hosts or _loopback(host)
-
-
 def check_continue_config(homes: list[Path], rules: dict[str, Any]) -> Result:
     items, files, errors = [], [], []
     for home in homes:
@@ -218,9 +213,9 @@ def _model_issue(m: dict[str, Any], rules: dict[str, Any]) -> str | None:
     provider = str(m.get("provider") or "").lower()
     api_base = m.get("apiBase")
     if api_base:
-        if not _api_base_local(str(api_base), rules["local_hosts"]):
-            return f"apiBase {api_base} is not local"
-        return None
+        local, why = is_loopback_url(str(api_base), rules["local_hosts"])
+        # Continue (Node) builds requests with new URL(): judge the host that parser finds.
+        return None if local else f"apiBase {api_base} is not local: {why}"
     if provider in rules["local_providers"]:
         return None
     if provider in rules["cloud_providers"]:
