@@ -157,7 +157,7 @@ def audit(
     err = Console(stderr=True)
     if pcap is None:
         err.print(
-            Text(f"capturing on {visible(interface)} " + (f"for {duration:g} s" if duration else "until Ctrl-C") + "...", "dim")
+            Text(f"capturing on {visible(interface)} " + (f"for {duration:g} s" if duration else "until Ctrl-C"), "dim")
         )
 
     def progress(elapsed: float, candidates: int) -> None:
