@@ -258,3 +258,28 @@ def test_junit_and_prometheus_from_a_hostile_name_pass_their_real_validators(tmp
     assert 'toolkit_audit_exit_code{host="ws\\"\\\\x0a\\\\x00\\\\x1b[8m[/]"} 1' in text
     suite = ET.fromstring(render_junit(doc).encode()).find("testsuite")
     assert suite.get("hostname") == "ws\"\\x0a\\x00\\x1b[8m[/]"
+
+
+def test_audit_cli_with_markup_and_escape_sequences_in_a_dns_name_prints_them_visibly(tmp_path):
+    """A DNS query on the wire for a name holding rich markup and an SGR 8 (invisible text)
+    sequence: the terminal summary shows it escaped, JSON keeps it exactly, nothing crashes."""
+    name = "a[/]b\x1b[8m.evil.example"
+    pcap = tmp_path / "dns.pcap"
+    wrpcap(
+        str(pcap),
+        [
+            Ether()
+            / IP(src="192.0.2.5", dst="198.51.100.53")
+            / UDP(sport=5000, dport=53)
+            / DNS(qd=DNSQR(qname=name.encode()))
+        ],
+    )
+    term = run_toolkit("audit", "--pcap", str(pcap), env={"COLUMNS": "250"})
+    assert term.returncode == 1 and "Traceback" not in term.stderr, term.stderr
+    assert "\x1b" not in term.stdout and "EGRESS-001" in term.stdout
+    js = run_toolkit("audit", "--pcap", str(pcap), "--json")
+    assert js.returncode == 1 and "Traceback" not in js.stderr and "\x1b" not in js.stderr, js.stderr
+    names = [n for f in json.loads(js.stdout)["findings"] for n in f["names"]]
+    assert any("[/]" in n for n in names), names
+    shown = [n for n in names if "[/]" in n][0]
+    assert shown.replace("\\", "\\\\").replace("\x1b", "\\x1b") in term.stdout
