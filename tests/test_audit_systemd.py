@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.audit.static_checks import StaticInputs, _in_root, check_units, load_rules
+from toolkit.audit.static_checks import StaticInputs, _in_root, check_units, exec_environment, load_rules
 from toolkit.audit.systemd_unit import parse_env_file, parse_unit_file, service_environment, split_words
 
 RULES = {"vllm": load_rules()["units"]["vllm"]}
@@ -160,6 +160,15 @@ CASES: dict[str, tuple[dict[str, str], str, str | None]] = {
         "fail",
         "DO_NOT_TRACK='0', needs '1'",
     ),
+    "tc19-vllm": (  # env(1) in front of the command changes what the process gets
+        {
+            f"{ETC}/tc19-vllm.service": "[Service]\nType=oneshot\n"
+            + ALL
+            + "ExecStart=/usr/bin/env -u DO_NOT_TRACK VLLM_NO_USAGE_STATS=0 /usr/local/bin/vllm-envdump %n\n"
+        },
+        "fail",
+        "VLLM_NO_USAGE_STATS='0', needs '1'",
+    ),
 }
 
 
@@ -256,6 +265,8 @@ def test_real_systemd_gives_each_case_the_environment_the_audit_computed(tmp_pat
         _write(root, files)
         read, glob = _in_root(root)
         se = service_environment(f"{case}.service", StaticInputs(root=root).unit_directories(), read, glob)
+        for line in se.exec_start:
+            se.environment, _ = exec_environment(line, se.environment, set(WATCHED))
         keys = set(WATCHED) | {k for k in real[case] if k.startswith("T_")} | {k for k in se.environment}
         keys -= {"PATH", "LANG"}  # none of the cases sets these; systemd adds them
         got = {k: real[case].get(k) for k in sorted(keys)}
@@ -263,3 +274,27 @@ def test_real_systemd_gives_each_case_the_environment_the_audit_computed(tmp_pat
         assert want == got, f"{case}: audit computed {want}, systemd gave {got}"
         real_ok = all(real[case].get(k) == "1" for k in WATCHED)
         assert real_ok or status != "pass", f"{case} would pass while systemd's env lacks an opt-out"
+
+
+def test_env_and_shell_wrappers_in_execstart_change_or_hide_the_environment(tmp_path):
+    cases = {
+        "ExecStart=/usr/bin/env VLLM_NO_USAGE_STATS=0 /opt/vllm/bin/python -m vllm.entrypoints.openai.api_server": (
+            "fail",
+            "VLLM_NO_USAGE_STATS='0', needs '1'",
+        ),
+        "ExecStart=env -u HF_HUB_OFFLINE /opt/vllm/bin/python -m vllm": ("fail", "HF_HUB_OFFLINE not set (needs '1')"),
+        "ExecStart=/usr/bin/env -i /opt/vllm/bin/python -m vllm": ("fail", "DO_NOT_TRACK not set (needs '1')"),
+        "ExecStart=/bin/sh -c 'DO_NOT_TRACK=0 exec /opt/vllm/bin/python -m vllm'": (
+            "inconclusive",
+            "ExecStart runs a shell that names DO_NOT_TRACK",
+        ),
+        "ExecStart=/usr/bin/env HOME=/srv /opt/vllm/bin/python -m vllm --regex '\\d+'": ("pass", None),
+    }
+    for n, (line, (status, issue)) in enumerate(cases.items()):
+        d = tmp_path / str(n)
+        d.mkdir()
+        (d / "vllm.service").write_text("[Service]\n" + ALL + line + "\n")
+        (result,) = check_units([d], RULES, d)
+        assert result.status == status, (line, result.items)
+        if issue:
+            assert issue in [i["issue"] for i in result.items], (line, result.items)

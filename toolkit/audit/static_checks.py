@@ -27,7 +27,7 @@ from toolkit.audit.attribution import (
     user_name,
 )
 from toolkit.audit.controls import Result
-from toolkit.audit.systemd_unit import SYSTEM_UNIT_PATH, service_environment
+from toolkit.audit.systemd_unit import SYSTEM_UNIT_PATH, service_environment, split_words
 from toolkit.audit.urls import is_loopback_url
 
 
@@ -329,6 +329,45 @@ def _in_root(root: Path):
     return read, glob
 
 
+_SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "busybox"}
+
+
+def exec_environment(line: str, env: dict[str, str], watched: set[str]) -> tuple[dict[str, str], str | None]:
+    """The environment an ExecStart= line hands on: env(1) in front of the command changes it
+    (NAME=VALUE, -u NAME, -i); a shell's script cannot be read, so one that names a watched
+    variable makes the reading uncertain. (environment, why uncertain or None)"""
+    words, error = split_words(line.lstrip("@-:+!"), relax=True)
+    prog = (words or line.lstrip("@-:+!").split() or [""])[0].rsplit("/", 1)[-1]
+    if error and (prog == "env" or prog in _SHELLS):
+        return env, f"ExecStart={line}: {error}"
+    if prog in _SHELLS and any(v in line for v in watched):
+        return env, f"ExecStart runs a shell that names {', '.join(sorted(v for v in watched if v in line))}"
+    if prog != "env":
+        return env, None
+    env = dict(env)
+    args = words[1:]
+    while args:
+        a = args.pop(0)
+        if a in ("-i", "--ignore-environment", "-"):
+            env = {}
+        elif a in ("-u", "--unset") and args:
+            env.pop(args.pop(0), None)
+        elif a.startswith("--unset="):
+            env.pop(a.partition("=")[2], None)
+        elif a.startswith("-u") and len(a) > 2:
+            env.pop(a[2:], None)
+        elif a.startswith("-") and a not in ("--",):
+            return env, f"ExecStart runs env {a}: not read"
+        elif "=" in a and _ENV_NAME.fullmatch(a.partition("=")[0]):
+            env[a.partition("=")[0]] = a.partition("=")[2]
+        else:
+            break  # the command itself
+    return env, None
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
 def check_units(unit_dirs: list[Path], rules: dict[str, Any], root: Path = Path("/")) -> list[Result]:
     """TELEMETRY-003/004: each matching unit's environment as systemd builds it
     (toolkit/audit/systemd_unit.py). A finding in what systemd reads fails the control; a unit
@@ -357,8 +396,14 @@ def check_units(unit_dirs: list[Path], rules: dict[str, Any], root: Path = Path(
             if se.refused:  # it cannot start as written, and what was meant cannot be read
                 items.append({"unit": unit, "status": "inconclusive", "issue": se.refused})
                 continue
-            env = se.environment
+            watched = set(rule["env"]) | set(rule.get("loopback_env") or {})
             found: list[tuple[str, str]] = []
+            env = se.environment
+            for line in se.exec_start:
+                if any(m in line for m in rule["exec_match"]):
+                    env, why = exec_environment(line, env, watched)
+                    if why:
+                        found.append(("inconclusive", why))
             for k, v in rule["env"].items():
                 if env.get(k) != v:
                     found.append(("fail", f"{k}={env[k]!r}, needs {v!r}" if k in env else f"{k} not set (needs {v!r})"))
@@ -368,7 +413,6 @@ def check_units(unit_dirs: list[Path], rules: dict[str, Any], root: Path = Path(
                     if not _loopback(host) and host != "localhost":
                         found.append(("fail", f"{k}={env[k]!r} is not a loopback address"))
             found += [("fail", f"EnvironmentFile {p} is missing") for p in se.missing_files]
-            watched = set(rule["env"]) | set(rule.get("loopback_env") or {})
             found += [("inconclusive", why) for var, why in se.uncertain.items() if var == "*" or var in watched]
             items += [{"unit": unit, "status": st, "issue": issue} for st, issue in found]
         control = rule["control"]

@@ -85,9 +85,11 @@ def _cunescape_one(s: str, i: int) -> tuple[str, int]:
     raise SyntaxProblem(f"unknown escape \\{c}" if c else "trailing backslash")
 
 
-def split_words(value: str) -> tuple[list[str], str | None]:
+def split_words(value: str, relax: bool = False) -> tuple[list[str], str | None]:
     """Words of an Environment=/UnsetEnvironment= value, and the syntax error that stopped the
-    split (systemd keeps the words before it and ignores the rest of the line)."""
+    split (systemd keeps the words before it and ignores the rest of the line). ``relax``: an
+    escape systemd cannot decode is kept as written (ExecStart=, "Ignoring unknown escape
+    sequences")."""
     words: list[str] = []
     i, n = 0, len(value)
     while True:
@@ -101,7 +103,12 @@ def split_words(value: str) -> tuple[list[str], str | None]:
             while i < n:
                 c = value[i]
                 if c == "\\":
-                    ch, used = _cunescape_one(value, i + 1)
+                    try:
+                        ch, used = _cunescape_one(value, i + 1)
+                    except SyntaxProblem:
+                        if not relax or i + 1 >= n:
+                            raise
+                        ch, used = "\\" + value[i + 1], 1
                     word.append(ch)
                     i += 1 + used
                     continue
