@@ -149,3 +149,21 @@ def test_units_of_another_root_resolve_their_environment_files_inside_it(tmp_pat
     # Read on the auditing machine instead, the file is missing: that is what --root prevents.
     issues = [i["issue"] for i in check_units([units], RULES["units"])[0].items]
     assert "EnvironmentFile /etc/vllm/telemetry.env is missing" in issues
+
+
+def test_config_files_shaped_to_break_a_reader_make_their_control_inconclusive_not_a_traceback(tmp_path):
+    from toolkit.audit.static_checks import run_static_checks
+
+    home = _home(tmp_path, "u")
+    deep = "[" * 100_000 + "]" * 100_000
+    (home / ".continue/config.json").write_text(deep)
+    (home / ".continue/index/globalContext.json").write_text(deep)
+    vs = home / ".config/Code/User/settings.json"
+    vs.parent.mkdir(parents=True)
+    vs.write_text(deep)
+    units = tmp_path / "units"
+    units.mkdir()
+    by = {r.control: r for r in run_static_checks(StaticInputs(tmp_path / "proc", [home], [units], tmp_path))}
+    for cid in ("CONFIG-001", "TELEMETRY-001", "TELEMETRY-002"):
+        assert (by[cid].status, by[cid].detail[:27]) == ("inconclusive", "cannot judge: RecursionErro"), cid
+    assert by["LISTEN-001"].status == "inconclusive"  # no /proc there

@@ -81,6 +81,10 @@ def run_static_checks(inputs: StaticInputs, rules: dict[str, Any] | None = None)
             out += check()
         except OSError as err:  # unreadable input: cannot be decided, so not a pass
             out.append(Result(control, "inconclusive", f"cannot read {err.filename or ''}: {err.strerror or err}"))
+        except (ValueError, TypeError, AttributeError, RecursionError, yaml.YAMLError) as err:
+            # A file shaped so that a check cannot read it (nested too deep, wrong types): that
+            # control cannot be decided; the rest of the audit still runs.
+            out.append(Result(control, "inconclusive", f"cannot judge: {type(err).__name__}: {err}"))
     return out
 
 

@@ -100,7 +100,9 @@ def audit(
     ),
     home: list[Path] = typer.Option([], "--home", help="Home directories to check (default: /root and /home/*)."),
     unit_dir: list[Path] = typer.Option(
-        [], "--unit-dir", help="systemd unit directories (default: /etc/systemd/system)."
+        [],
+        "--unit-dir",
+        help="systemd unit directories, highest priority first (default: systemd's system unit search path).",
     ),
     root: Path = typer.Option(
         Path("/"),
