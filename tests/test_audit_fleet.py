@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 from rich.console import Console
 from scapy.all import DNS, DNSQR, IP, TCP, UDP, Ether, wrpcap
 
+from toolkit.audit.escape import visible
 from toolkit.audit.fleet import load_reports, summarize
 from toolkit.audit.policy import default_policy
 from toolkit.audit.report_html import render_html
@@ -205,20 +206,24 @@ def test_every_writer_survives_arbitrary_names_and_its_output_parses_back(report
     junit = render_junit(doc)
     assert not _XML10.search(junit)
     suite = ET.fromstring(junit.encode()).find("testsuite")
-    assert suite.get("tests") == str(len(doc["controls"]))
+    assert suite.get("tests") == str(len(doc["controls"])) and suite.get("hostname") == visible(host)
     # HTML: parses, no control character reaches the page, no tag comes from the data.
     html = render_html(doc)
     p = _Strict()
     p.feed(html)
     p.close()
     assert not re.search("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]", html)
+    assert visible(host) in "".join(p.text) and visible(names[0]) in "".join(p.text)
     assert "script" not in p.tags and set(p.tags) <= {
         "html", "head", "meta", "title", "style", "body", "header", "h1", "p", "main", "section", "h2",
         "table", "tr", "th", "td", "b", "br", "span", "code",
     }  # fmt: skip
     # Prometheus: every line a comment or a well-formed sample.
-    for line in render_prom(doc).splitlines():
+    prom = render_prom(doc)
+    for line in prom.splitlines():
         assert line.startswith("# ") or _SAMPLE.fullmatch(line), line
+    label = re.search(r'^toolkit_audit_exit_code\{host="((?:[^"\\]|\\.)*)"\} 1$', prom, re.M).group(1)
+    assert re.sub(r"\\(.)", lambda m: "\n" if m.group(1) == "n" else m.group(1), label) == visible(host)
     # Terminal: renders, and nothing from the data becomes an escape sequence or markup.
     buf = io.StringIO()
     console = Console(file=buf, width=200, force_terminal=False, color_system=None)

@@ -254,12 +254,16 @@ def test_real_systemd_gives_each_case_the_environment_the_audit_computed(tmp_pat
         podman("exec", "-i", name, "tar", "-C", "/", "--no-same-owner", "-xf", "-", input=buf.getvalue())
         units = " ".join(f"{c}.service" for c in CASES)
         podman("exec", name, "sh", "-c", f"systemctl daemon-reload && for u in {units}; do systemctl start $u; done")
+        log = podman("exec", name, "journalctl", "-b", "-o", "cat", "--no-pager").stdout.decode(errors="replace")
         real: dict[str, dict[str, str]] = {}
         for case in CASES:
             raw = podman("exec", name, "cat", f"/run/envdump/{case}.service").stdout.decode()
             real[case] = dict(e.split("=", 1) for e in raw.split("\0") if e)
     finally:
         subprocess.run(["podman", "rm", "-f", name], capture_output=True, timeout=60)
+    # Where the audit says INCONCLUSIVE for syntax, systemd itself complained about that line.
+    assert "/etc/systemd/system/tc5-vllm.service.d/q.conf:2: Invalid syntax, ignoring" in log, log[-3000:]
+    assert "/etc/systemd/system/tc17-vllm.service:5: Invalid syntax, ignoring" in log, log[-3000:]
     for case, (files, status, _) in CASES.items():
         root = tmp_path / case
         _write(root, files)
