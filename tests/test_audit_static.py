@@ -167,3 +167,21 @@ def test_config_files_shaped_to_break_a_reader_make_their_control_inconclusive_n
     for cid in ("CONFIG-001", "TELEMETRY-001", "TELEMETRY-002"):
         assert (by[cid].status, by[cid].detail[:27]) == ("inconclusive", "cannot judge: RecursionErro"), cid
     assert by["LISTEN-001"].status == "inconclusive"  # no /proc there
+
+
+def test_ollama_host_is_read_as_ollama_reads_it():
+    """envconfig.Host() in Ollama: scheme and path optional, Go's SplitHostPort, a bare address
+    is the host, an empty host (":11434") listens on every address."""
+    from toolkit.audit.static_checks import ollama_listen_host
+
+    cases = {
+        "0.0.0.0:11434": "0.0.0.0",
+        "::1": "::1",
+        "[::1]:11434": "::1",
+        ":11434": "",
+        "http://127.0.0.1:11434/x": "127.0.0.1",
+        '"0.0.0.0"': "0.0.0.0",
+        "": "127.0.0.1",
+        "https://[::]:443": "::",
+    }
+    assert {v: ollama_listen_host(v) for v in cases} == cases

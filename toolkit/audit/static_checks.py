@@ -333,6 +333,24 @@ def _in_root(root: Path):
     return read, glob
 
 
+def ollama_listen_host(value: str) -> str:
+    """The host Ollama listens on for OLLAMA_HOST=value, as its envconfig.Host() reads it: quotes
+    and spaces trimmed, an optional scheme://, a /path cut off, then Go's net.SplitHostPort; a
+    bare address (``::1``, ``0.0.0.0``) is the host itself, and an empty host means every address."""
+    v = value.strip().strip("\"'")
+    hostport = v.partition("://")[2] if "://" in v else v
+    hostport = hostport.partition("/")[0]
+    if hostport.startswith("[") and "]" in hostport:
+        inner, _, rest = hostport[1:].partition("]")
+        if rest == "" or (rest.startswith(":") and ":" not in rest[1:]):
+            return inner
+    elif hostport.count(":") == 1:
+        return hostport.partition(":")[0]
+    if not hostport:
+        return "127.0.0.1"  # unset or empty: Ollama's default, 127.0.0.1:11434
+    return hostport.strip("[]")
+
+
 _SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "busybox"}
 
 
@@ -413,7 +431,7 @@ def check_units(unit_dirs: list[Path], rules: dict[str, Any], root: Path = Path(
                     found.append(("fail", f"{k}={env[k]!r}, needs {v!r}" if k in env else f"{k} not set (needs {v!r})"))
             for k in rule.get("loopback_env") or {}:
                 if k in env:
-                    host = env[k].split("://")[-1].rsplit(":", 1)[0].strip("[]") if env[k] else ""
+                    host = ollama_listen_host(env[k])
                     if not _loopback(host) and host != "localhost":
                         found.append(("fail", f"{k}={env[k]!r} is not a loopback address"))
             found += [("fail", f"EnvironmentFile {p} is missing") for p in se.missing_files]
