@@ -164,3 +164,29 @@ def test_continue_config_with_backslash_userinfo_trick_is_not_local(tmp_path):
     assert [(i["model"], i["issue"]) for i in r.items] == [
         ("sneaky", "apiBase http://evil.example\\@127.0.0.1:8000/v1 is not local: host evil.example is not local")
     ]
+
+
+# Pieces an attacker combines: schemes, slashes of both kinds, userinfo and port separators,
+# brackets, IPv4 forms, percent-escapes, full-width and ideographic characters, soft hyphens,
+# punycode prefixes, tabs and spaces.
+PIECES = [
+    "http://", "https://", "http:", "HTTP://", "ws://", "foo://", "//", "/", "\\", "@", ":", "[", "]", "::1",
+    "127", "0x7f", "0", "1", "8000", "65536", ".", "%2e", "%31", "%40", "%5c", "?", "#", "evil", "example",
+    "localhost", "a", "-", "0177", "\t", " ", "％", "１", "。", "xn--", "\u00ad", "ffff", "4294967295", "256",
+    "%", "%zz", "%00", "~", "!", "'",
+]  # fmt: skip
+
+
+def test_generated_urls_parse_as_node_parses_them():
+    """A seeded differential test: 5000 URLs built from hostile pieces, one node call."""
+    import random
+
+    node = require_binary("node")
+    rnd = random.Random(16)
+    starts = ["http://", "https://", "http:\\\\", "ws://", ""]
+    urls = [rnd.choice(starts) + "".join(rnd.choices(PIECES, k=rnd.randint(1, 9))) for _ in range(5000)]
+    proc = subprocess.run([node, "-e", NODE], input=json.dumps(urls), capture_output=True, text=True, check=True)
+    truth = json.loads(proc.stdout)
+    diffs = [(u, t, _mine(u)) for u, t in zip(urls, truth, strict=True) if _mine(u) != t]
+    assert diffs[:10] == []
+    assert 1000 < truth.count(None) < 4000  # both outcomes well represented

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import unicodedata
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
@@ -104,10 +105,12 @@ def _host(text: str, special: bool) -> str:
             return f"[{ipaddress.IPv6Address(inner).compressed}]"
         except ValueError:
             raise URLError("invalid IPv6 address") from None
-    if not special:  # opaque host: kept as written (percent-encoded), forbidden code points fail
+    if not special:  # opaque host: forbidden code points fail, the rest is percent-encoded
         if any(c in _FORBIDDEN_HOST for c in text):
             raise URLError("forbidden code point in host")
-        return text
+        return "".join(
+            c if " " < c <= "~" else "".join(f"%{b:02X}" for b in c.encode("utf-8", "surrogatepass")) for c in text
+        )
     domain = unquote_to_bytes(text).decode("utf-8", "replace")
     ascii_domain = _domain_to_ascii(domain)
     if any(c in _FORBIDDEN_DOMAIN for c in ascii_domain):
@@ -130,11 +133,8 @@ def _domain_to_ascii(domain: str) -> str:
     labels = []
     for label in mapped.split("."):
         if label.isascii():
-            if label.lower().startswith("xn--"):
-                try:
-                    label.encode("ascii").decode("idna")
-                except UnicodeError:
-                    raise URLError(f"invalid punycode label {label!r}") from None
+            if label.lower().startswith("xn--") and not _valid_punycode(label, idna):
+                raise URLError(f"invalid punycode label {label!r}")
             labels.append(label)
             continue
         try:
@@ -145,6 +145,28 @@ def _domain_to_ascii(domain: str) -> str:
     if not out:
         raise URLError("empty host")
     return out
+
+
+def _valid_punycode(label: str, idna) -> bool:
+    """UTS #46 validity of an xn-- label, as far as Node's parser checks it: the punycode
+    decodes, and a non-ASCII result is unchanged by the mapping, has no unassigned code point
+    and does not start with a combining mark."""
+    try:
+        decoded = label[4:].encode("ascii").decode("punycode")
+    except UnicodeError:
+        return False
+    if not decoded:
+        return False
+    if decoded.isascii():
+        return True
+    try:
+        if idna.uts46_remap(decoded, std3_rules=False, transitional=False) != decoded:
+            return False
+    except (idna.IDNAError, ValueError):
+        return False
+    return not unicodedata.category(decoded[0]).startswith("M") and all(
+        unicodedata.category(c) != "Cn" for c in decoded
+    )
 
 
 def _ipv4(text: str) -> str:
