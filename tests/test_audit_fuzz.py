@@ -9,6 +9,7 @@ The base report comes from a real offline run (test_audit_fleet.real_reports).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
@@ -120,3 +121,32 @@ def test_every_writer_survives_arbitrary_names_and_its_output_parses_back(report
     buf = io.StringIO()
     _fleet_summary(fleet, Console(file=buf, width=200, force_terminal=False, color_system=None))
     assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f]", buf.getvalue())
+
+
+_unit_text = st.lists(
+    st.sampled_from(list("=\"'\\ \t\n#;[]%xAE01-_\udcff") + ["Environment", "\\x", "[Service]\n"]), max_size=60
+).map("".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_unit_text, env_file=_unit_text, url=st.text(max_size=60))
+def test_unit_env_file_and_url_parsers_never_raise_on_arbitrary_text(tmp_path_factory, text, env_file, url):
+    """Whatever a unit, drop-in, environment file or apiBase holds: a result, never an exception."""
+    from toolkit.audit.static_checks import check_units, load_rules
+    from toolkit.audit.systemd_unit import parse_env_file, parse_unit_file, split_words
+    from toolkit.audit.urls import URLError, is_loopback_url, parse_url
+
+    parse_unit_file(text)
+    parse_env_file(env_file)
+    split_words(text)
+    with contextlib.suppress(URLError):
+        parse_url(url)
+    assert isinstance(is_loopback_url(url)[0], bool)
+    root = tmp_path_factory.mktemp("u")
+    d = root / "etc/systemd/system"
+    d.mkdir(parents=True)
+    unit = "[Service]\nExecStart=/usr/bin/vllm\nEnvironmentFile=/e.env\n" + text
+    (d / "vllm.service").write_bytes(unit.encode("utf-8", "surrogateescape"))  # \udcff: a raw 0xff byte
+    (root / "e.env").write_bytes(env_file.encode("utf-8", "surrogateescape"))
+    (result,) = check_units([d], {"vllm": load_rules()["units"]["vllm"]}, root)
+    assert result.status in ("pass", "fail", "inconclusive")
