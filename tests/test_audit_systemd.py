@@ -219,6 +219,7 @@ def test_unparsable_unit_files_never_raise_and_make_the_control_inconclusive(tmp
 
 
 @pytest.mark.podman
+@pytest.mark.slow
 def test_real_systemd_gives_each_case_the_environment_the_audit_computed(tmp_path):
     """Ground truth: systemd 252 in the test image starts every case's unit; its process dumps
     the environment it got. The audit's computed environment must equal it for every watched
