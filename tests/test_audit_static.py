@@ -185,3 +185,23 @@ def test_ollama_host_is_read_as_ollama_reads_it():
         "https://[::]:443": "::",
     }
     assert {v: ollama_listen_host(v) for v in cases} == cases
+
+
+def test_units_of_another_root_follow_absolute_links_inside_it(tmp_path):
+    """Debian links aliases absolutely (dbus-org.*.service -> /lib/systemd/system/...); judged from
+    outside, such a link must resolve inside the judged root, not on the auditing machine."""
+    root = tmp_path / "ws"
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    (root / "opt/units").mkdir(parents=True)
+    (root / "opt/units/vllm-chat.service").write_text(
+        "[Service]\nEnvironment=VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1\n"
+        "EnvironmentFile=/etc/vllm.env\nExecStart=/opt/vllm/bin/python -m vllm.entrypoints.openai.api_server\n"
+    )
+    (root / "opt/units/real.env").write_text("HF_HUB_OFFLINE=1\n")
+    (root / "etc/vllm.env").symlink_to("/opt/units/real.env")
+    (units / "vllm-chat.service").symlink_to("/opt/units/vllm-chat.service")
+    (units / "dbus-org.example.service").symlink_to("/lib/systemd/system/nowhere-on-this-host.service")
+    inputs = StaticInputs(root=root)
+    vllm = check_units(inputs.unit_directories(), RULES["units"], root)[0]
+    assert (vllm.status, vllm.items) == ("pass", [])

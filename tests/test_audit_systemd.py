@@ -269,7 +269,7 @@ def test_real_systemd_gives_each_case_the_environment_the_audit_computed(tmp_pat
         root = tmp_path / case
         _write(root, files)
         read, glob = _in_root(root)
-        se = service_environment(f"{case}.service", StaticInputs(root=root).unit_directories(), read, glob)
+        se = service_environment(f"{case}.service", StaticInputs(root=root).unit_directories(), read, glob, root)
         for line in se.exec_start:
             se.environment, _ = exec_environment(line, se.environment, set(WATCHED))
         keys = set(WATCHED) | {k for k in real[case] if k.startswith("T_")} | {k for k in se.environment}

@@ -27,7 +27,7 @@ from toolkit.audit.attribution import (
     user_name,
 )
 from toolkit.audit.controls import Result
-from toolkit.audit.systemd_unit import SYSTEM_UNIT_PATH, service_environment, split_words
+from toolkit.audit.systemd_unit import SYSTEM_UNIT_PATH, read_in_root, service_environment, split_words
 from toolkit.audit.urls import is_loopback_url
 
 
@@ -325,7 +325,7 @@ def _unit_names(unit_dirs: list[Path]) -> list[str]:
 
 def _in_root(root: Path):
     def read(path: str) -> str:
-        return (root / path.lstrip("/")).read_text(errors="surrogateescape")
+        return read_in_root(root, root / path.lstrip("/"))
 
     def glob(pattern: str) -> list[str]:
         return sorted("/" + str(p.relative_to(root)) for p in root.glob(pattern.lstrip("/")))
@@ -398,7 +398,9 @@ def check_units(unit_dirs: list[Path], rules: dict[str, Any], root: Path = Path(
     services = []
     for name in _unit_names(unit_dirs):
         try:
-            services.append((name, service_environment(name, unit_dirs, read, glob), None))
+            services.append((name, service_environment(name, unit_dirs, read, glob, root), None))
+        except FileNotFoundError:
+            continue  # a dangling link: systemd has no such unit either
         except OSError as err:
             services.append((name, None, f"cannot read: {err.strerror or err}"))
     results = []

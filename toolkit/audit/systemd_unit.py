@@ -29,6 +29,8 @@ unparsable line) is returned as ``uncertain`` so the control says INCONCLUSIVE, 
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -341,6 +343,18 @@ def dropin_dir_names(unit: str) -> list[str]:
     return names
 
 
+def read_in_root(root: Path, path: Path) -> str:
+    """Read ``path`` (a path under ``root``) following its symlinks the way the judged system
+    would: an absolute link target (``/lib/systemd/system/x.service``) is resolved inside root,
+    not on the auditing machine."""
+    for _ in range(40):
+        if not path.is_symlink():
+            return path.read_text(errors="surrogateescape")
+        target = Path(os.readlink(path))
+        path = root / str(target).lstrip("/") if target.is_absolute() else path.parent / target
+    raise OSError(errno.ELOOP, "too many levels of symbolic links", str(path))
+
+
 def _masked(path: Path) -> bool:
     try:
         return path.is_symlink() and PurePosixPath(path.readlink()) == PurePosixPath("/dev/null")
@@ -378,9 +392,12 @@ def unit_sources(unit: str, unit_dirs: list[Path]) -> tuple[Path | None, list[Pa
     return main, [p for p in ordered if not _masked(p)], False
 
 
-def service_environment(unit: str, unit_dirs: list[Path], read, glob=None) -> ServiceEnvironment:
+def service_environment(
+    unit: str, unit_dirs: list[Path], read, glob=None, root: Path = Path("/")
+) -> ServiceEnvironment:
     """Build ``unit``'s environment. ``read(path_str) -> str`` reads a file inside the judged root
-    (raises OSError); ``glob(pattern) -> list[str]`` expands an EnvironmentFile= wildcard there."""
+    (raises OSError); ``glob(pattern) -> list[str]`` expands an EnvironmentFile= wildcard there;
+    unit files (under ``root``) are read with their links resolved inside it."""
     se = ServiceEnvironment(unit)
     main, dropins, masked = unit_sources(unit, unit_dirs)
     if masked:
@@ -392,7 +409,7 @@ def service_environment(unit: str, unit_dirs: list[Path], read, glob=None) -> Se
     unset: list[str] = []
     for src in sources:
         se.files.append(str(src))
-        text = src.read_text(errors="surrogateescape")
+        text = read_in_root(root, src)
         se.text += text
         assignments, problems = parse_unit_file(text, str(src))
         for problem in problems:
