@@ -57,3 +57,6 @@ def test_audit_playbook_brings_every_hosts_reports_back_and_fails_when_one_did_n
         for name in ("audit.json", "audit.junit.xml", "audit.html", "audit.prom"):
             assert (fetch / host / name).is_file(), (host, name)
         assert json.loads((fetch / host / "audit.json").read_text())["verdict"] == verdict
+        modes = {n: oct((fetch / host / n).stat().st_mode & 0o777) for n in ("audit.json", "audit.html")}
+        assert modes == {"audit.json": "0o640", "audit.html": "0o640"}, modes
+        assert oct((fetch / host).stat().st_mode & 0o777) == "0o750"

@@ -15,7 +15,6 @@ from toolkit.audit.static_checks import (
     check_units,
     check_vscode_telemetry,
     load_rules,
-    parse_unit,
 )
 
 RULES = load_rules()
@@ -100,9 +99,7 @@ def test_units_missing_opt_out_variables_fail_per_product(tmp_path):
     assert [r.status for r in check_units([units], RULES["units"])] == ["pass", "pass"]
 
 
-def test_parse_unit_and_proc_socket_tables_from_recorded_text():
-    env, files, execs = parse_unit('[Service]\nEnvironment="A=1" B=2\nExecStart=/bin/x --y\n')
-    assert env == {"A": "1", "B": "2"} and execs == ["/bin/x --y"] and files == []
+def test_proc_socket_tables_from_recorded_text():
     tcp = (
         "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
         "   0: 0100007F:1F40 00000000:0000 0A 00000000:00000000 00:00000000 00000000   998        0 4242 1\n"
@@ -146,9 +143,65 @@ def test_units_of_another_root_resolve_their_environment_files_inside_it(tmp_pat
         "ExecStart=/opt/vllm/bin/python -m vllm.entrypoints.openai.api_server --host 127.0.0.1\n"
     )
     inputs = StaticInputs(root=root)
-    assert inputs.unit_directories() == [units]
+    assert inputs.unit_directories() == [units]  # the only directory of systemd's search path there
     vllm = check_units(inputs.unit_directories(), RULES["units"], inputs.root)[0]
     assert vllm.status == "pass", vllm.items
     # Read on the auditing machine instead, the file is missing: that is what --root prevents.
     issues = [i["issue"] for i in check_units([units], RULES["units"])[0].items]
     assert "EnvironmentFile /etc/vllm/telemetry.env is missing" in issues
+
+
+def test_config_files_shaped_to_break_a_reader_make_their_control_inconclusive_not_a_traceback(tmp_path):
+    from toolkit.audit.static_checks import run_static_checks
+
+    home = _home(tmp_path, "u")
+    deep = "[" * 100_000 + "]" * 100_000
+    (home / ".continue/config.json").write_text(deep)
+    (home / ".continue/index/globalContext.json").write_text(deep)
+    vs = home / ".config/Code/User/settings.json"
+    vs.parent.mkdir(parents=True)
+    vs.write_text(deep)
+    units = tmp_path / "units"
+    units.mkdir()
+    by = {r.control: r for r in run_static_checks(StaticInputs(tmp_path / "proc", [home], [units], tmp_path))}
+    for cid in ("CONFIG-001", "TELEMETRY-001", "TELEMETRY-002"):
+        assert (by[cid].status, by[cid].detail[:27]) == ("inconclusive", "cannot judge: RecursionErro"), cid
+    assert by["LISTEN-001"].status == "inconclusive"  # no /proc there
+
+
+def test_ollama_host_is_read_as_ollama_reads_it():
+    """envconfig.Host() in Ollama: scheme and path optional, Go's SplitHostPort, a bare address
+    is the host, an empty host (":11434") listens on every address."""
+    from toolkit.audit.static_checks import ollama_listen_host
+
+    cases = {
+        "0.0.0.0:11434": "0.0.0.0",
+        "::1": "::1",
+        "[::1]:11434": "::1",
+        ":11434": "",
+        "http://127.0.0.1:11434/x": "127.0.0.1",
+        '"0.0.0.0"': "0.0.0.0",
+        "": "127.0.0.1",
+        "https://[::]:443": "::",
+    }
+    assert {v: ollama_listen_host(v) for v in cases} == cases
+
+
+def test_units_of_another_root_follow_absolute_links_inside_it(tmp_path):
+    """Debian links aliases absolutely (dbus-org.*.service -> /lib/systemd/system/...); judged from
+    outside, such a link must resolve inside the judged root, not on the auditing machine."""
+    root = tmp_path / "ws"
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    (root / "opt/units").mkdir(parents=True)
+    (root / "opt/units/vllm-chat.service").write_text(
+        "[Service]\nEnvironment=VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1 HF_HUB_OFFLINE=0 HF_HUB_DISABLE_TELEMETRY=1\n"
+        "EnvironmentFile=/etc/vllm.env\nExecStart=/opt/vllm/bin/python -m vllm.entrypoints.openai.api_server\n"
+    )
+    (root / "opt/units/real.env").write_text("HF_HUB_OFFLINE=1\n")
+    (root / "etc/vllm.env").symlink_to("/opt/units/real.env")
+    (units / "vllm-chat.service").symlink_to("/opt/units/vllm-chat.service")
+    (units / "dbus-org.example.service").symlink_to("/lib/systemd/system/nowhere-on-this-host.service")
+    inputs = StaticInputs(root=root)
+    vllm = check_units(inputs.unit_directories(), RULES["units"], root)[0]
+    assert (vllm.status, vllm.items) == ("pass", [])

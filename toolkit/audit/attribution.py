@@ -13,6 +13,7 @@ import contextlib
 import os
 import pwd
 import queue
+import re
 import socket
 import threading
 from dataclasses import dataclass, field
@@ -98,11 +99,55 @@ def user_name(uid: int, names: dict[int, str] | None = None) -> str:
         return str(uid)
 
 
+REDACTED = "<redacted>"
+# An option whose name says it carries a secret: --db-password, --hf-token, --api-key, --client-secret.
+_SECRET_OPT = re.compile(r"(?i)-{1,2}[a-z0-9_.-]*(?:passw(?:or)?d|token|key|secret|credential)[a-z0-9_.-]*")
+# NAME=value where NAME says so (env(1) prefixes, make variables): DB_PASSWORD=..., HF_TOKEN=...
+_SECRET_ENV = re.compile(r"(?i)[a-z_][a-z0-9_]*(?:passw(?:or)?d|token|key|secret|credential)[a-z0-9_]*")
+_AUTH_HEADER = re.compile(r"(?i)((?:proxy-)?authorization\s*:\s*|x-api-key\s*:\s*|cookie\s*:\s*)\S.*")
+# The same inside one argument that holds a whole command (sh -c "... --password=x ...").
+_INNER = re.compile(
+    r"(?i)(-{1,2}[a-z0-9_.-]*(?:passw(?:or)?d|token|key|secret|credential)[a-z0-9_.-]*(?:=|\s+)['\"]?)[^\s'\"]+"
+)
+# scheme://userinfo@ up to the authority's last @ (the WHATWG reading, toolkit/audit/urls.py).
+_URL_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/?#\\\s]*@")
+
+
+def redact_argv(argv: list[str]) -> list[str]:
+    """argv with secret values replaced: values of options named like secrets (``--x=v`` and
+    ``--x v``), secret-named NAME=value words, Authorization/X-Api-Key/Cookie header values,
+    and the userinfo of URLs. What is kept shows what ran; what is replaced is said so."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next and not arg.startswith("--"):
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        hide_next = False
+        name, eq, _value = arg.partition("=")
+        if _SECRET_OPT.fullmatch(name):
+            if eq:
+                arg = f"{name}={REDACTED}"
+            else:
+                hide_next = True
+        elif eq and _SECRET_ENV.fullmatch(name):
+            arg = f"{name}={REDACTED}"
+        if any(c.isspace() for c in arg):
+            arg = _INNER.sub(lambda m: m.group(1) + REDACTED, arg)
+        arg = _AUTH_HEADER.sub(lambda m: m.group(1) + REDACTED, arg)
+        arg = _URL_USERINFO.sub(lambda m: m.group(1) + REDACTED + "@", arg)
+        out.append(arg)
+    return out
+
+
 def process_info(pid: int, proc_root: Path = Path("/proc")) -> dict[str, Any]:
+    """pid, command line (secrets redacted: reports travel to controllers and CI) and comm."""
     info: dict[str, Any] = {"pid": pid}
     try:
         raw = (proc_root / str(pid) / "cmdline").read_bytes()
-        info["cmdline"] = " ".join(p.decode("utf-8", "replace") for p in raw.split(b"\0") if p)
+        argv = [p.decode("utf-8", "replace") for p in raw.split(b"\0") if p]
+        info["cmdline"] = " ".join(redact_argv(argv))
         info["comm"] = (proc_root / str(pid) / "comm").read_text().strip()
     except OSError:
         info.setdefault("cmdline", None)

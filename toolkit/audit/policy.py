@@ -7,7 +7,10 @@ Policy file (YAML)::
       networks: [10.20.0.0/16, "fd00:20::/64"]   # LAN ranges that count as "not leaving"
       hosts: [mirror.corp.example]               # resolved when the audit starts
 
-Loopback (127.0.0.0/8 and ::1) is always allowed; with no file, nothing else is. The filter
+Loopback (127.0.0.0/8 and ::1) is always allowed; with no file, nothing else is. Networks that
+together cover every IPv4 or every IPv6 address (``0.0.0.0/0``, ``::/0``, or halves that add up)
+would make the audit blind: the file must say ``allow_everything: true`` to be accepted, and even
+then POLICY-001 fails in every report (a waiver can accept it, in writing). The filter
 passes every packet that is NOT between two allowed ends, so allowed traffic is dropped in the
 kernel and never reaches Python. Non-IP frames (ARP) pass the filter: they are reported under
 link-local, never dropped silently.
@@ -25,6 +28,7 @@ from typing import Any
 import yaml
 
 from toolkit.audit import AuditUsageError
+from toolkit.audit.controls import Control, Result, register, register_check
 
 LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -37,6 +41,17 @@ class Policy:
     resolved: dict[str, list[str]] = field(default_factory=dict)
     unresolved: tuple[str, ...] = ()
     source: str = "default (loopback only)"
+    allow_everything: bool = False
+
+    @property
+    def covers_everything(self) -> list[str]:
+        """The address families whose every address the allowed networks cover ("IPv4", "IPv6")."""
+        out = []
+        for version, whole, name in ((4, "0.0.0.0/0", "IPv4"), (6, "::/0", "IPv6")):
+            nets = [n for n in self.networks if n.version == version]
+            if nets and ipaddress.ip_network(whole) in ipaddress.collapse_addresses(nets):
+                out.append(name)
+        return out
 
     @property
     def loopback_only(self) -> bool:
@@ -53,6 +68,7 @@ class Policy:
             "hosts": list(self.hosts),
             "resolved": self.resolved,
             "unresolved": list(self.unresolved),
+            "allow_everything": self.allow_everything,
         }
 
 
@@ -78,7 +94,7 @@ def parse_policy(doc: Any, where: str = "policy", resolve: bool = True) -> Polic
         doc = {}
     if not isinstance(doc, dict):
         raise AuditUsageError(f"{where}: expected a mapping with 'allow'")
-    unknown = set(doc) - {"schema", "allow"}
+    unknown = set(doc) - {"schema", "allow", "allow_everything"}
     if unknown:
         raise AuditUsageError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}")
     if doc.get("schema", 1) != 1:
@@ -107,7 +123,40 @@ def parse_policy(doc: Any, where: str = "policy", resolve: bool = True) -> Polic
                     nets.append(net)
         else:
             unresolved.append(host)
-    return Policy(tuple(nets), hosts, resolved, tuple(unresolved), where)
+    everything = doc.get("allow_everything", False)
+    if not isinstance(everything, bool):
+        raise AuditUsageError(f"{where}: allow_everything must be true or false")
+    policy = Policy(tuple(nets), hosts, resolved, tuple(unresolved), where, everything)
+    wide = policy.covers_everything
+    if wide and not everything:
+        raise AuditUsageError(
+            f"{where}: allow.networks cover every {' and every '.join(wide)} address, so the audit could see "
+            "nothing leave; set allow_everything: true to run anyway (POLICY-001 then fails)"
+        )
+    return policy
+
+
+register(
+    Control(
+        "POLICY-001",
+        "The policy does not allow every address",
+        "high",
+        "A policy whose networks cover all of IPv4 or IPv6 hides every flow from the audit; it runs only "
+        "with allow_everything: true, and this control then fails (accept it with a waiver, in writing).",
+    )
+)
+
+
+def policy_results(policy: Policy) -> list[Result]:
+    """POLICY-001 only where it fails: a narrow policy adds nothing to the report."""
+    wide = policy.covers_everything
+    if not wide:
+        return []
+    nets = ", ".join(str(n) for n in policy.networks if n not in LOOPBACK)
+    return [Result("POLICY-001", "fail", f"{policy.source} allows every {' and '.join(wide)} address ({nets})")]
+
+
+register_check("POLICY-001", lambda context: policy_results(context["options"].policy))
 
 
 def _str_list(value: Any, where: str) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any
 
+from toolkit.audit.escape import visible
+
 CSS = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0;
 color:#1d2330;background:#f5f6f8}
@@ -31,12 +33,12 @@ td.addr code,td.t{white-space:nowrap}td.t{font-size:12px}
 
 
 def _e(v: Any) -> str:
-    return escape("" if v is None else str(v))
+    return escape(visible(v))
 
 
 def render_html(report: dict[str, Any]) -> str:
     v = report["verdict"]
-    stats = report["capture"]["stats"]
+    stats = report["capture"]["stats"] or {}
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         f"<title>toolkit audit: {_e(report['host'])} {_e(v)}</title><style>{CSS}</style></head><body>",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
@@ -9,14 +10,20 @@ from pathlib import Path
 from typing import Any
 
 
-def write_atomic(path: Path, text: str, mode: int = 0o644) -> None:
+def write_atomic(path: Path, text: str, mode: int = 0o640) -> None:
     """Write via a temp file in the same directory and rename: readers (node_exporter, CI) never
-    see half a file, and a failed run leaves the previous report intact."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    see half a file, and a failed run leaves the previous report intact.
+
+    Reports name hosts, flows and processes: 0640, never world-readable. The file takes its
+    directory's group, so a reader that owns the directory (node_exporter's textfile collector
+    directory belongs to its group) still reads it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o750)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="backslashreplace") as fh:
             fh.write(text)
+        with contextlib.suppress(OSError):  # not ours to give away (not root, not in that group)
+            os.chown(tmp, -1, path.parent.stat().st_gid)
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

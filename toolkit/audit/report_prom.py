@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from toolkit.audit.escape import visible
+
 VERDICTS = ("PASS", "FAIL", "INCONCLUSIVE")
 STATUSES = ("pass", "fail", "inconclusive", "skip", "waived", "info", "blocked")
 
 
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _esc(value: Any) -> str:
+    """A label value: made visible (no control characters in a dashboard), then quoted per the
+    text exposition format (backslash, double quote and newline escaped)."""
+    return visible(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
 def render_prom(report: dict[str, Any]) -> str:
@@ -38,7 +42,7 @@ def render_prom(report: dict[str, Any]) -> str:
     for c in report["controls"]:
         n = len(c["items"]) if c["status"] in ("fail", "waived") else 0
         lines.append(
-            f'toolkit_audit_findings{{host="{host}",control="{_esc(c["id"])}",severity="{c["severity"]}"}} {n}'
+            f'toolkit_audit_findings{{host="{host}",control="{_esc(c["id"])}",severity="{_esc(c["severity"])}"}} {n}'
         )
     lines += [
         "# HELP toolkit_audit_control_status Status of each control in the last run (1: current status).",

@@ -11,12 +11,10 @@ import contextlib
 import ipaddress
 import json
 import re
-import shlex
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 
@@ -29,13 +27,15 @@ from toolkit.audit.attribution import (
     user_name,
 )
 from toolkit.audit.controls import Result
+from toolkit.audit.systemd_unit import SYSTEM_UNIT_PATH, read_in_root, service_environment, split_words
+from toolkit.audit.urls import is_loopback_url
 
 
 @dataclass
 class StaticInputs:
     proc_root: Path = Path("/proc")
     homes: list[Path] | None = None  # None: /root and every directory in /home, under root
-    unit_dirs: list[Path] | None = None  # None: /etc/systemd/system, under root
+    unit_dirs: list[Path] | None = None  # None: systemd's system unit search path, under root
     # The file system judged: "/" here, or another machine's seen from outside (a container's
     # /proc/PID/root, a mounted image); absolute paths inside it (EnvironmentFile=) resolve there.
     root: Path = Path("/")
@@ -49,7 +49,17 @@ class StaticInputs:
         return homes
 
     def unit_directories(self) -> list[Path]:
-        return list(self.unit_dirs) if self.unit_dirs is not None else [self.root / "etc" / "systemd" / "system"]
+        """Given directories, or those of systemd's search path that exist under root (highest
+        priority first; /lib and /usr/lib counted once when one links to the other)."""
+        if self.unit_dirs is not None:
+            return list(self.unit_dirs)
+        out: list[Path] = []
+        for rel in SYSTEM_UNIT_PATH:
+            d = self.root / rel
+            with contextlib.suppress(OSError):
+                if d.is_dir() and not any(d.samefile(o) for o in out):
+                    out.append(d)
+        return out
 
 
 def load_rules() -> dict[str, Any]:
@@ -71,6 +81,10 @@ def run_static_checks(inputs: StaticInputs, rules: dict[str, Any] | None = None)
             out += check()
         except OSError as err:  # unreadable input: cannot be decided, so not a pass
             out.append(Result(control, "inconclusive", f"cannot read {err.filename or ''}: {err.strerror or err}"))
+        except (ValueError, TypeError, AttributeError, RecursionError, yaml.YAMLError) as err:
+            # A file shaped so that a check cannot read it (nested too deep, wrong types): that
+            # control cannot be decided; the rest of the audit still runs.
+            out.append(Result(control, "inconclusive", f"cannot judge: {type(err).__name__}: {err}"))
     return out
 
 
@@ -162,11 +176,6 @@ def _models(doc: Any) -> list[dict[str, Any]]:
     return models
 
 
-def _api_base_local(api_base: str, local_hosts: list[str]) -> bool:
-    host = (urlparse(api_base).hostname or "").lower()
-    return host in local_hosts or _loopback(host)
-
-
 def check_continue_config(homes: list[Path], rules: dict[str, Any]) -> Result:
     items, files, errors = [], [], []
     for home in homes:
@@ -208,9 +217,9 @@ def _model_issue(m: dict[str, Any], rules: dict[str, Any]) -> str | None:
     provider = str(m.get("provider") or "").lower()
     api_base = m.get("apiBase")
     if api_base:
-        if not _api_base_local(str(api_base), rules["local_hosts"]):
-            return f"apiBase {api_base} is not local"
-        return None
+        local, why = is_loopback_url(str(api_base), rules["local_hosts"])
+        # Continue (Node) builds requests with new URL(): judge the host that parser finds.
+        return None if local else f"apiBase {api_base} is not local: {why}"
     if provider in rules["local_providers"]:
         return None
     if provider in rules["cloud_providers"]:
@@ -296,95 +305,147 @@ def check_vscode_telemetry(homes: list[Path], rules: dict[str, Any]) -> Result:
 # TELEMETRY-003/004: systemd units
 
 
-def parse_unit(text: str) -> tuple[dict[str, str], list[str], list[str]]:
-    """(Environment, EnvironmentFile paths, ExecStart lines) of a unit file or drop-in (pure)."""
-    env: dict[str, str] = {}
-    env_files: list[str] = []
-    execs: list[str] = []
-    joined = re.sub(r"\\\n", " ", text)
-    for raw in joined.splitlines():
-        line = raw.strip()
-        if not line or line[0] in "#;" or "=" not in line:
+def _unit_names(unit_dirs: list[Path]) -> list[str]:
+    """Service units found in the directories: unit files, and instances enabled through
+    *.wants/*.requires links (a template's instances exist only there)."""
+    names: set[str] = set()
+    for d in unit_dirs:
+        if not d.is_dir():
             continue
-        key, _, value = line.partition("=")
-        key = key.strip()
-        if key == "Environment":
-            for assignment in shlex.split(value):
-                name, eq, val = assignment.partition("=")
-                if eq:
-                    env[name] = val
-        elif key == "EnvironmentFile":
-            env_files.append(value.strip())
-        elif key == "ExecStart" and value.strip():
-            execs.append(value.strip())
-    return env, env_files, execs
+        for p in d.iterdir():
+            if p.name.endswith(".service") and (p.is_file() or p.is_symlink()):
+                names.add(p.name)
+            elif p.is_dir() and p.name.endswith((".wants", ".requires")):
+                names.update(q.name for q in p.iterdir() if q.name.endswith(".service"))
+    # A template is judged through its instances when it has some.
+    templates = {n for n in names if n.endswith("@.service")}
+    instanced = {n.split("@", 1)[0] + "@.service" for n in names if "@" in n and n not in templates}
+    return sorted(names - (templates & instanced))
 
 
-def _env_file(path: str, root: Path = Path("/")) -> dict[str, str]:
-    optional = path.startswith("-")
-    try:
-        text = (root / path.lstrip("-").lstrip("/")).read_text()
-    except OSError:
-        return {} if optional else {"__missing__": path}
-    env = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and "=" in line:
-            k, _, v = line.partition("=")
-            env[k.strip().removeprefix("export ").strip()] = v.strip().strip("'\"")
-    return env
+def _in_root(root: Path):
+    def read(path: str) -> str:
+        return read_in_root(root, root / path.lstrip("/"))
+
+    def glob(pattern: str) -> list[str]:
+        return sorted("/" + str(p.relative_to(root)) for p in root.glob(pattern.lstrip("/")))
+
+    return read, glob
 
 
-def unit_environment(unit: Path, root: Path = Path("/")) -> tuple[dict[str, str], list[str]]:
-    texts = [unit.read_text()]
-    dropins = unit.parent / f"{unit.name}.d"
-    if dropins.is_dir():
-        texts += [p.read_text() for p in sorted(dropins.glob("*.conf"))]
-    env: dict[str, str] = {}
-    execs: list[str] = []
-    for text in texts:
-        e, files, x = parse_unit(text)
-        for f in files:
-            env.update(_env_file(f, root))
-        env.update(e)
-        execs += x
-    return env, execs
+def ollama_listen_host(value: str) -> str:
+    """The host Ollama listens on for OLLAMA_HOST=value, as its envconfig.Host() reads it: quotes
+    and spaces trimmed, an optional scheme://, a /path cut off, then Go's net.SplitHostPort; a
+    bare address (``::1``, ``0.0.0.0``) is the host itself, and an empty host means every address."""
+    v = value.strip().strip("\"'")
+    hostport = v.partition("://")[2] if "://" in v else v
+    hostport = hostport.partition("/")[0]
+    if hostport.startswith("[") and "]" in hostport:
+        inner, _, rest = hostport[1:].partition("]")
+        if rest == "" or (rest.startswith(":") and ":" not in rest[1:]):
+            return inner
+    elif hostport.count(":") == 1:
+        return hostport.partition(":")[0]
+    if not hostport:
+        return "127.0.0.1"  # unset or empty: Ollama's default, 127.0.0.1:11434
+    return hostport.strip("[]")
+
+
+_SHELLS = {"sh", "bash", "dash", "zsh", "ksh", "busybox"}
+
+
+def exec_environment(line: str, env: dict[str, str], watched: set[str]) -> tuple[dict[str, str], str | None]:
+    """The environment an ExecStart= line hands on: env(1) in front of the command changes it
+    (NAME=VALUE, -u NAME, -i); a shell's script cannot be read, so one that names a watched
+    variable makes the reading uncertain. (environment, why uncertain or None)"""
+    words, error = split_words(line.lstrip("@-:+!"), relax=True)
+    prog = (words or line.lstrip("@-:+!").split() or [""])[0].rsplit("/", 1)[-1]
+    if error and (prog == "env" or prog in _SHELLS):
+        return env, f"ExecStart={line}: {error}"
+    if prog in _SHELLS and any(v in line for v in watched):
+        return env, f"ExecStart runs a shell that names {', '.join(sorted(v for v in watched if v in line))}"
+    if prog != "env":
+        return env, None
+    env = dict(env)
+    args = words[1:]
+    while args:
+        a = args.pop(0)
+        if a in ("-i", "--ignore-environment", "-"):
+            env = {}
+        elif a in ("-u", "--unset") and args:
+            env.pop(args.pop(0), None)
+        elif a.startswith("--unset="):
+            env.pop(a.partition("=")[2], None)
+        elif a.startswith("-u") and len(a) > 2:
+            env.pop(a[2:], None)
+        elif a.startswith("-") and a not in ("--",):
+            return env, f"ExecStart runs env {a}: not read"
+        elif "=" in a and _ENV_NAME.fullmatch(a.partition("=")[0]):
+            env[a.partition("=")[0]] = a.partition("=")[2]
+        else:
+            break  # the command itself
+    return env, None
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def check_units(unit_dirs: list[Path], rules: dict[str, Any], root: Path = Path("/")) -> list[Result]:
-    units = sorted({p for d in unit_dirs if d.is_dir() for p in d.glob("*.service")})
+    """TELEMETRY-003/004: each matching unit's environment as systemd builds it
+    (toolkit/audit/systemd_unit.py). A finding in what systemd reads fails the control; a unit
+    systemd would read with warnings, or differently by version, makes it INCONCLUSIVE."""
+    read, glob = _in_root(root)
+    services = []
+    for name in _unit_names(unit_dirs):
+        try:
+            services.append((name, service_environment(name, unit_dirs, read, glob, root), None))
+        except FileNotFoundError:
+            continue  # a dangling link: systemd has no such unit either
+        except OSError as err:
+            services.append((name, None, f"cannot read: {err.strerror or err}"))
     results = []
     for product, rule in rules.items():
-        items, matched = [], 0
-        for unit in units:
-            try:
-                env, execs = unit_environment(unit, root)
-            except OSError as err:
-                items.append({"unit": str(unit), "issue": f"cannot read: {err.strerror}"})
+        items: list[dict[str, Any]] = []
+        matched = 0
+        for name, se, error in services:
+            if se is None:
+                items.append({"unit": name, "status": "inconclusive", "issue": error})
                 continue
-            if not any(m in x for x in execs for m in rule["exec_match"]):
+            runs = any(m in x for x in se.exec_start for m in rule["exec_match"])
+            unsure = "*" in se.uncertain and any(m in se.text for m in rule["exec_match"])
+            if se.masked or not (runs or unsure):
                 continue
             matched += 1
-            problems = [
-                f"{k}={env.get(k)!r}, needs {v!r}" if k in env else f"{k} not set (needs {v!r})"
-                for k, v in rule["env"].items()
-                if env.get(k) != v
-            ]
+            unit = se.files[0] if se.files else name
+            if se.refused:  # it cannot start as written, and what was meant cannot be read
+                items.append({"unit": unit, "status": "inconclusive", "issue": se.refused})
+                continue
+            watched = set(rule["env"]) | set(rule.get("loopback_env") or {})
+            found: list[tuple[str, str]] = []
+            env = se.environment
+            for line in se.exec_start:
+                if any(m in line for m in rule["exec_match"]):
+                    env, why = exec_environment(line, env, watched)
+                    if why:
+                        found.append(("inconclusive", why))
+            for k, v in rule["env"].items():
+                if env.get(k) != v:
+                    found.append(("fail", f"{k}={env[k]!r}, needs {v!r}" if k in env else f"{k} not set (needs {v!r})"))
             for k in rule.get("loopback_env") or {}:
                 if k in env:
-                    host = env[k].split("://")[-1].rsplit(":", 1)[0].strip("[]") if env[k] else ""
+                    host = ollama_listen_host(env[k])
                     if not _loopback(host) and host != "localhost":
-                        problems.append(f"{k}={env[k]!r} is not a loopback address")
-            if "__missing__" in env:
-                problems.append(f"EnvironmentFile {env['__missing__']} is missing")
-            for p in problems:
-                items.append({"unit": str(unit), "issue": p})
+                        found.append(("fail", f"{k}={env[k]!r} is not a loopback address"))
+            found += [("fail", f"EnvironmentFile {p} is missing") for p in se.missing_files]
+            found += [("inconclusive", why) for var, why in se.uncertain.items() if var == "*" or var in watched]
+            items += [{"unit": unit, "status": st, "issue": issue} for st, issue in found]
         control = rule["control"]
+        fails = [i for i in items if i["status"] == "fail"]
         if not matched and not items:
             results.append(Result(control, "skip", f"no {product} unit in {', '.join(map(str, unit_dirs))}"))
         elif items:
-            shown = "; ".join(f"{Path(i['unit']).name}: {i['issue']}" for i in items[:6])
-            results.append(Result(control, "fail", shown, items))
+            shown = "; ".join(f"{Path(i['unit']).name}: {i['issue']}" for i in (fails or items)[:6])
+            results.append(Result(control, "fail" if fails else "inconclusive", shown, items))
         else:
             results.append(Result(control, "pass", f"{matched} {product} unit(s) set every opt-out"))
     return results

@@ -9,9 +9,11 @@ import click
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 from typer.core import TyperCommand
 
 from toolkit.audit import EXIT_USAGE, AuditUsageError
+from toolkit.audit.escape import visible
 
 AUDIT_HELP = f"""Capture traffic and prove that nothing leaves this machine; check listeners and telemetry.
 
@@ -98,7 +100,9 @@ def audit(
     ),
     home: list[Path] = typer.Option([], "--home", help="Home directories to check (default: /root and /home/*)."),
     unit_dir: list[Path] = typer.Option(
-        [], "--unit-dir", help="systemd unit directories (default: /etc/systemd/system)."
+        [],
+        "--unit-dir",
+        help="systemd unit directories, highest priority first (default: systemd's system unit search path).",
     ),
     root: Path = typer.Option(
         Path("/"),
@@ -155,7 +159,7 @@ def audit(
     err = Console(stderr=True)
     if pcap is None:
         err.print(
-            f"[dim]capturing on {interface} " + (f"for {duration:g} s" if duration else "until Ctrl-C") + "...[/]"
+            Text(f"capturing on {visible(interface)} " + (f"for {duration:g} s" if duration else "until Ctrl-C"), "dim")
         )
 
     def progress(elapsed: float, candidates: int) -> None:
@@ -210,12 +214,21 @@ _STYLE = {
 }
 
 
+def _t(value: object, style: str = "") -> Text:
+    """A table cell from report data: never parsed as rich markup, controls made visible."""
+    return Text(visible(value), style=style)
+
+
+def _status(value: object) -> Text:
+    return _t(value, _STYLE.get(str(value), ""))
+
+
 def _summary(doc: dict, console: Console) -> None:
-    t = Table(title=f"toolkit audit: {doc['host']} ({doc['mode']})", show_lines=False)
+    t = Table(title=_t(f"toolkit audit: {doc['host']} ({doc['mode']})"), show_lines=False)
     for col in ("control", "severity", "status", "detail"):
         t.add_column(col, overflow="fold")
     for c in doc["controls"]:
-        t.add_row(c["id"], c["severity"], f"[{_STYLE[c['status']]}]{c['status']}[/]", c["detail"])
+        t.add_row(_t(c["id"]), _t(c["severity"]), _status(c["status"]), _t(c["detail"]))
     console.print(t)
     blocked = [c for c in doc["controls"] if c["status"] == "blocked"]
     if blocked:
@@ -223,7 +236,7 @@ def _summary(doc: dict, console: Console) -> None:
         b.add_column("control")
         b.add_column("what was stopped", overflow="fold")
         for c in blocked:
-            b.add_row(c["id"], c["detail"])
+            b.add_row(_t(c["id"]), _t(c["detail"]))
         console.print(b)
     if doc["findings"]:
         f = Table(title="escaped: egress seen on the wire")
@@ -233,16 +246,39 @@ def _summary(doc: dict, console: Console) -> None:
             p = x.get("process") or {}
             who = f"{p.get('pid')} {p.get('user')} {p.get('comm', '')}" if p.get("pid") else (p.get("status") or "-")
             f.add_row(
-                x["protocol"],
-                f"{x['local_address']}:{x['local_port']}",
-                f"{x['remote_address']}:{x['remote_port']}",
-                x["direction"],
-                ", ".join(x["names"]) or "-",
-                str(x["packets"]),
-                who,
+                _t(x["protocol"]),
+                _t(f"{x['local_address']}:{x['local_port']}"),
+                _t(f"{x['remote_address']}:{x['remote_port']}"),
+                _t(x["direction"]),
+                _t(", ".join(map(str, x["names"])) or "-"),
+                _t(x["packets"]),
+                _t(who),
             )
         console.print(f)
-    console.print(f"verdict: [{_STYLE[doc['verdict']]}]{doc['verdict']}[/] (exit {doc['exit_code']})")
+    console.print(Text.assemble("verdict: ", _status(doc["verdict"]), f" (exit {doc['exit_code']})"))
+
+
+def _fleet_summary(summary: dict, console: Console) -> None:
+    t = Table(title=f"fleet audit: {len(summary['hosts'])} host(s)")
+    for col in ("host", "verdict", "egress flows", "failing controls", "finished"):
+        t.add_column(col, overflow="fold")
+    for h in summary["hosts"]:
+        t.add_row(
+            _t(h["host"]),
+            _status(h["verdict"]),
+            _t(h["egress_flows"]),
+            _t(", ".join(h["failing_controls"]) or "-"),
+            _t(h["finished"] or "-"),
+        )
+    console.print(t)
+    for h in summary["hosts"]:
+        for problem in h["problems"]:
+            line = Text.assemble(_t(h["host"], "bold"), ": ", _t(problem, "yellow"), " ", _t(f"({h['report']})"))
+            console.print(line)
+    for name, hosts in summary["egress_names"].items():
+        console.print(Text.assemble("  ", _t(name), ": ", _t(", ".join(hosts))))
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+    console.print(Text.assemble("verdict: ", _status(summary["verdict"]), f" ({counts})"))
 
 
 def report(
@@ -257,21 +293,5 @@ def report(
     if json_out:
         sys.stdout.write(json.dumps(summary, indent=2) + "\n")
     else:
-        console = Console()
-        t = Table(title=f"fleet audit: {len(summary['hosts'])} host(s)")
-        for col in ("host", "verdict", "egress flows", "failing controls", "finished"):
-            t.add_column(col, overflow="fold")
-        for h in summary["hosts"]:
-            t.add_row(
-                h["host"],
-                f"[{_STYLE[h['verdict']]}]{h['verdict']}[/]",
-                str(h["egress_flows"]),
-                ", ".join(h["failing_controls"]) or "-",
-                h["finished"],
-            )
-        console.print(t)
-        for name, hosts in summary["egress_names"].items():
-            console.print(f"  {name}: {', '.join(hosts)}")
-        counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
-        console.print(f"verdict: [{_STYLE[summary['verdict']]}]{summary['verdict']}[/] ({counts})")
+        _fleet_summary(summary, Console())
     _exit(summary["exit_code"])
