@@ -44,7 +44,7 @@ from toolkit.audit import AuditUsageError
 from toolkit.audit.attribution import Attributor
 from toolkit.audit.decode import DLT_EN10MB, DLT_LINUX_SLL2, SUPPORTED_LINK_TYPES, Processor
 from toolkit.audit.flows import Flow, finalize
-from toolkit.audit.pcapfile import NotACapture, file_kind, read_file
+from toolkit.audit.pcapfile import NotACapture, file_kind, pcapng_needs_python, read_file
 from toolkit.audit.policy import Policy, compile_filter
 
 PCAP_ERROR_PERM_DENIED, PCAP_ERROR_NO_SUCH_DEVICE = -8, -5
@@ -54,6 +54,8 @@ PCAP_ERROR_PERM_DENIED, PCAP_ERROR_NO_SUCH_DEVICE = -8, -5
 SENT_SEEN_TOLERANCE = 0
 # Below this snap length libpcap's filter can reject a frame only because a load falls beyond
 # the bytes captured (BPF rejects on an out-of-bounds load): such files are read in Python.
+# A classic pcap's header snap length is trusted (tcpdump, dumpcap and editcap -F pcap -s write
+# it); in a pcapng every record's length is checked, as editcap -s leaves the interface's as it was.
 FAST_PATH_MIN_SNAPLEN = 96
 # Tunnels always reach Python, whatever their outer ends: the filter cannot see what they carry.
 TUNNEL_FILTER = "ip proto 4 or ip proto 41 or ip proto 47 or ip6 proto 4 or ip6 proto 41 or ip6 proto 47"
@@ -205,6 +207,8 @@ def _offline_fast(pcap, path: Path, policy: Policy, expr: str) -> tuple[Processo
     """libpcap reads the file and its BPF filter keeps only candidates; None where that path
     cannot judge every record (libpcap refuses the file, stops mid-way, or the snap length or
     link type would make the filter blind), so the caller reads the file in Python instead."""
+    if file_kind(path) == "pcapng" and pcapng_needs_python(path, FAST_PATH_MIN_SNAPLEN):
+        return None
     errbuf = ctypes.create_string_buffer(pcap.PCAP_ERRBUF_SIZE)
     handle = pcap.pcap_open_offline(str(path).encode(), errbuf)
     if not handle:

@@ -522,10 +522,9 @@ class Processor:
             return False
         qsport, qdport = struct.unpack_from("!HH", data, p)
         st, new = self.table.get(qproto, (qsrc, qsport), (qdst, qdport), ts)
+        # Counted apart: ``packets`` stays the flow's own; the error came from a router or the peer.
         st.icmp_errors += 1
-        st.packets += 1
-        st.bytes += wirelen
-        st.last = ts
+        st.last = max(st.last, ts)
         if ifindex >= 0:
             st.interfaces.add(ifindex)
         if tunnel is not None and st.tunnel is None:

@@ -142,6 +142,9 @@ def finalize(table: FlowTable, book: NameBook, allowed=(), local_addresses: set[
         elif st.opener is not None:
             local_end = st.opener
             remote = st.b if st.opener == st.a else st.a
+            if st.evidence in ("llmnr-response", "mdns-response"):
+                # A responder answering a query the host sent to a group: the host is the asker.
+                local_end, remote = remote, local_end
         else:
             # Neither end known and no opener seen: the well-known (lower) port is the server's.
             local_end, remote = (st.a, st.b) if st.a[1] >= st.b[1] else (st.b, st.a)

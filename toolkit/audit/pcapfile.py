@@ -173,6 +173,37 @@ def _read_pcapng(data, proc: Processor) -> FileReading:
     return out
 
 
+def pcapng_needs_python(path: Path, min_caplen: int) -> bool:
+    """True when a pcapng file has what libpcap's path would misjudge: interfaces of several link
+    types, a cut or corrupt block, or a record cut below ``min_caplen`` bytes (a tool that cut
+    records afterwards, e.g. ``editcap -s``, leaves the interface's snap length as it was, so
+    only the records tell). Reads block headers only."""
+    with path.open("rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        size = len(data)
+        off = 0
+        endian = "<"
+        types: set[int] = set()
+        unpack = struct.unpack_from
+        while off < size:
+            if off + 12 > size:
+                return True
+            if data[off : off + 4] == PCAPNG_SHB:
+                endian = "<" if data[off + 8 : off + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+            btype, blen = unpack(endian + "II", data, off)
+            if blen < 12 or blen % 4 or off + blen > size:
+                return True
+            if btype == 6 and blen >= 32:
+                caplen, wirelen = unpack(endian + "II", data, off + 20)
+                if caplen < wirelen and caplen < min_caplen:
+                    return True
+            elif btype == 1:
+                types.add(unpack(endian + "H", data, off + 8)[0])
+                if len(types) > 1:
+                    return True
+            off += blen
+    return False
+
+
 def _tsresol(data, p: int, end: int, endian: str) -> float:
     """if_tsresol of an interface block's options: seconds per time-stamp unit (default 1 µs)."""
     while p + 4 <= end:
