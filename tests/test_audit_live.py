@@ -445,7 +445,9 @@ def _frame(dst: str = "203.0.113.99") -> str:
     ).hex()
 
 
-def _audit_during(pair, tmp_path: Path, steps: list[list[str]], duration: int = 3) -> tuple[int, dict]:
+def _audit_during(
+    pair, tmp_path: Path, steps: list[list[str]], duration: int = 3, extra: tuple[str, ...] = ()
+) -> tuple[int, dict]:
     """A live audit in the host namespace while ``steps`` (commands) run in it, one after another."""
     ready = tmp_path / "ready"
     ready.unlink(missing_ok=True)
@@ -463,6 +465,7 @@ def _audit_during(pair, tmp_path: Path, steps: list[list[str]], duration: int = 
                 "--no-attribution",
                 "--ready-file",
                 str(ready),
+                *extra,
                 *quiet_static(tmp_path),
             ),
         ],
@@ -527,3 +530,24 @@ def test_interface_created_mid_capture_is_captured_and_its_unseen_frames_counted
     assert (rc, r["verdict"]) == (1, "FAIL")  # the captured frames are egress; the finding outranks
     detail = control(r, "CAPTURE-001")["detail"]
     assert "audmid0 sent" in detail and "(appeared during the capture)" in detail and "audmid1 sent" in detail
+
+
+def test_under_a_lan_policy_allowed_sends_are_counted_so_only_unseen_frames_are_blind(pair, tmp_path):
+    """The LAN is allowed: its packets are filtered out as candidates, yet still counted as seen,
+    so 40 allowed datagrams pass while 20 frames past the tap do not."""
+    policy = tmp_path / "lan.yaml"
+    policy.write_text("schema: 1\nallow:\n  networks: [198.51.100.0/24, 2001:db8:100::/64]\n")
+    veth = pair.veth_host
+    send = [
+        sys.executable,
+        "-c",
+        f"import socket\ns=socket.socket(2,2)\n[s.sendto(b'x',('{PEER_V4}',9)) for _ in range(40)]",
+    ]
+    rc, r = _audit_during(pair, tmp_path, [send], extra=("--policy", str(policy)))
+    assert (rc, r["verdict"], r["findings"]) == (0, "PASS", []), r["capture"]
+    row = _row(r, veth)
+    assert row["sent"] == row["seen"] >= 40 and row["blind"] is False, row
+    bypass = [sys.executable, "-c", RAW_SENDER, veth, "20", "1", _frame(PEER_V4)]
+    rc, r = _audit_during(pair, tmp_path, [send, bypass], extra=("--policy", str(policy)))
+    row = _row(r, veth)
+    assert (rc, r["verdict"], row["sent"] - row["seen"], row["blind"]) == (2, "INCONCLUSIVE", 20, True), row
