@@ -114,6 +114,11 @@ def test_tunnel_gives_the_outer_flow_and_the_inner_one_beside_it(outer, inner_re
     r = offline_capture(path, default_policy())
     assert r.problems == []
     got = sorted((f.protocol, f.remote_address, f.remote_port, f.tunnel) for f in r.flows)
+    # Both go out from the workstation: the outer flow takes the inner SYN's direction.
+    assert sorted((f.local_address, f.direction, f.direction_evidence) for f in r.flows) == [
+        (WS, "outbound", "tcp-syn"),
+        (WS, "outbound", "tunnel-tcp-syn"),
+    ]
     proto = "ipip" if got[0][0] == "4" else "gre"
     assert got == sorted(
         [

@@ -54,6 +54,9 @@ _AF_INET6_NULL = (10, 24, 28, 30)
 # PPP protocol field -> ethertype of what it carries.
 _PPP_NET = {0x0021: 0x0800, 0x0057: 0x86DD, 0x0281: 0x8847, 0x0283: 0x8848}
 _TUNNEL_NAMES = {4: "ipip", 41: "ip6-in-ip", 47: "gre"}
+_OPENING_EVIDENCE = frozenset(
+    ("tcp-syn", "dns-query", "tls-clienthello", "http-request", "quic-initial", "icmp-echo-request")
+)
 _MAX_DEPTH = 4  # tunnels inside tunnels: deeper than this is counted as undecoded
 _STREAM_LIMIT = {"tls": 16384, "http": 8192, "dns": 70000}
 _inet4 = socket.AF_INET
@@ -97,6 +100,7 @@ class Processor:
         self.own_macs: set[bytes] | None = None
         self.own_ifindex = -1
         self.on_new_flow: Callable[[Any, str, tuple, tuple], None] | None = None
+        self._last_filed: FlowState | None = None  # the flow the last IP packet went to (tunnels)
 
     # ---- link layers -------------------------------------------------------------------------
     def handle(self, ts: float, wirelen: int, data: bytes) -> None:
@@ -446,6 +450,7 @@ class Processor:
             self._tunnel(ts, wirelen, data, proto, l4, src, dst, ifindex, depth)
             return
         st, new = self.table.get(proto, (src, sport), (dst, dport), ts)
+        self._last_filed = st
         st.last = ts
         st.packets += 1
         st.bytes += wirelen
@@ -479,7 +484,13 @@ class Processor:
         elif proto in (1, 58) and flags in (8, 128) and st.opener is None:
             st.opener, st.evidence = (src, 0), "icmp-echo-request"
         elif proto in _TUNNEL_NAMES:
+            self._last_filed = None
             self._tunnel(ts, wirelen, data, proto, l4, src, dst, ifindex, depth)
+            inner = self._last_filed
+            if st.opener is None and inner is not None and inner.packets == 1 and inner.evidence in _OPENING_EVIDENCE:
+                # This packet carried the one that opened the inner flow (each of those opening
+                # kinds names its sender), so the outer flow was opened from its source too.
+                st.opener, st.evidence = (src, 0), "tunnel-" + inner.evidence
 
     def _tunnel(self, ts, wirelen, data, proto, l4, src, dst, ifindex, depth) -> None:
         """The packet an IP-in-IP, IPv6-in-IPv4 or GRE header carries, filed as its own flow."""
