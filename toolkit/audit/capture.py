@@ -62,7 +62,11 @@ TUNNEL_FILTER = "ip proto 4 or ip proto 41 or ip proto 47 or ip6 proto 4 or ip6 
 
 
 def candidate_filter(policy: Policy, local: set[str] | None = None, probe_port: int | None = None) -> str:
-    return f"({compile_filter(policy, local or (), probe_port)}) or {TUNNEL_FILTER}"
+    """The policy's filter, plus every tunnel packet where the policy allows more than loopback
+    (a tunnel between two loopback or own addresses never leaves the host, so the default
+    policy keeps the shorter program on the hot path)."""
+    expr = compile_filter(policy, local or (), probe_port)
+    return expr if policy.loopback_only else f"({expr}) or {TUNNEL_FILTER}"
 
 
 class CaptureUnavailable(Exception):
