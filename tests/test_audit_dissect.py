@@ -25,7 +25,7 @@ from toolkit.audit.pcapfile import NotACapture, read_file
 from toolkit.audit.policy import default_policy
 
 WS, REMOTE = "192.0.2.10", "203.0.113.7"
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 LINK_TYPES = sorted(SUPPORTED_LINK_TYPES | {147, 65535})
 
 
