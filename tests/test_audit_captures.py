@@ -143,6 +143,9 @@ def captures(tmp_path_factory):
             ("dig", "+notcp", "+tries=1", "+time=3", f"@{PEER_V4}", "stats.example.com", "A"),
             ("openssl", "s_client", "-connect", f"{PEER_V4}:4433", "-servername", "hub.example.org"),
             ("curl", "-s", "-m", "5", "-o", "/dev/null", "http://127.0.0.1:9/"),  # loopback only, refused
+            # 4000 bytes to a closed port: the kernel fragments it, the peer answers ICMP port unreachable.
+            (sys.executable, "-c", f"import socket; socket.socket(2, 2).sendto(bytes(4000), ('{PEER_V4}', 9998))"),
+            ("dig", "+tries=1", "+time=1", "-p", "5353", "@224.0.0.251", "printer.local"),  # mDNS to its group
         ]
         for c in clients:
             pair.run(pair.host, "timeout", "8", *c, check=False, stdin=subprocess.DEVNULL)
@@ -171,7 +174,7 @@ def test_real_clients_named_by_http_host_dns_over_tcp_and_udp_and_tls_sni_as_tsh
     shark_http = {h for (h,) in tshark_fields(path, "http.request", "http.host")}
     shark_sni = {h for (h,) in tshark_fields(path, "tls.handshake.type == 1", "tls.handshake.extensions_server_name")}
     shark_dns_tcp = {n for (n,) in tshark_fields(path, "tcp && dns.flags.response == 0", "dns.qry.name")}
-    shark_dns_udp = {n for (n,) in tshark_fields(path, "udp && dns.flags.response == 0", "dns.qry.name")}
+    shark_dns_udp = {n for (n,) in tshark_fields(path, "udp.dstport == 53 && dns.flags.response == 0", "dns.qry.name")}
     assert (shark_http, shark_sni, shark_dns_tcp, shark_dns_udp) == (
         {"update.example.org"},
         {"hub.example.org"},
@@ -242,3 +245,25 @@ def test_loopback_only_file_cut_mid_record_is_inconclusive_not_pass(captures, tm
     rc, r = audit(cut)
     assert (rc, r["verdict"], r["findings"]) == (2, "INCONCLUSIVE", [])
     assert control(r, "CAPTURE-001")["detail"].startswith(f"file truncated after {whole} records")
+
+
+def test_kernel_fragments_join_one_flow_and_the_icmp_error_joins_it_as_tshark_counts(captures):
+    path = captures["full"]
+    frags = tshark_fields(path, f"ip.dst == {PEER_V4} && (ip.flags.mf == 1 || ip.frag_offset > 0)", "frame.number")
+    errors = tshark_fields(path, "icmp.type == 3 && icmp.code == 3 && udp.dstport == 9998", "frame.number")
+    assert (len(frags), len(errors)) == (3, 1)  # 4000 bytes over a 1500-byte MTU; one error
+    _, r = audit(path)
+    udp = [
+        f for f in r["findings"] if f["remote_address"] == PEER_V4 and f["protocol"] == "udp" and f["remote_port"] != 53
+    ]
+    assert [(f["remote_port"], f["packets"], f["icmp_errors"]) for f in udp] == [(9998, 3, 1)]
+    assert not [f for f in r["findings"] if f["protocol"] == "icmp"]  # the error is not a flow of its own
+
+
+def test_a_multicast_group_is_the_remote_end_of_a_real_mdns_query(captures):
+    path = captures["full"]
+    (q,) = tshark_fields(path, "mdns && ip.dst == 224.0.0.251", "ip.src", "dns.qry.name")
+    _, r = audit(path)
+    (mdns,) = [f for f in r["findings"] if "224.0.0.251" in (f["local_address"], f["remote_address"])]
+    assert (mdns["local_address"], mdns["remote_address"], mdns["remote_port"]) == (q[0], "224.0.0.251", 5353)
+    assert mdns["dns_queries"] == [q[1]] and mdns["direction"] == "outbound"
