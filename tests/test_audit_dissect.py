@@ -40,6 +40,8 @@ def test_name_dissectors_never_raise_on_any_bytes(data):
     names.is_tls_client_hello(data)
     names.tls_record_length(data)
     names.dns_names(data, names.NameBook())
+    assert names.quic_sni(data) is None or isinstance(names.quic_sni(data), str)
+    names.quic_sni(b"\xc3\x00\x00\x00\x01" + data)  # past the version check, into the decryption
 
 
 HEADERS = [
@@ -189,3 +191,55 @@ def test_syn_cut_by_a_tiny_snaplen_is_counted_never_a_silent_pass(snap, tmp_path
     r = offline_capture(cut, default_policy())
     assert r.stats["short_packets"] == 1 and r.stats["reader"] == "python"
     assert any("1 packet(s) cut before the end of their IP or transport header" in p for p in r.problems)
+
+
+def quic_initial(dcid: bytes, hello: bytes) -> bytes:
+    """A client's QUIC v1 Initial carrying ``hello`` in one CRYPTO frame, protected as RFC 9001
+    section 5 says (the test's own encoder; tshark's decryption is the check on it)."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key, iv, hp = names.quic_initial_keys(dcid)
+    frame = b"\x06\x00" + (0x4000 | len(hello)).to_bytes(2, "big") + hello
+    plain = frame + bytes(1162 - len(frame))  # PADDING up to a 1200-byte datagram
+    pn = b"\x00\x00\x00\x02"
+    length = len(pn) + len(plain) + 16
+    header = b"\xc3\x00\x00\x00\x01" + bytes([len(dcid)]) + dcid + b"\x00\x00" + (0x4000 | length).to_bytes(2, "big")
+    nonce = (int.from_bytes(iv, "big") ^ int.from_bytes(pn, "big")).to_bytes(12, "big")
+    sealed = AESGCM(key).encrypt(nonce, plain, header + pn)
+    enc = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
+    mask = enc.update(sealed[:16]) + enc.finalize()  # sample starts 4 bytes after the packet number
+    first = bytes([header[0] ^ (mask[0] & 0x0F)])
+    return first + header[1:] + bytes(a ^ b for a, b in zip(pn, mask[1:5], strict=True)) + sealed
+
+
+def test_quic_initial_keys_are_rfc_9001s_and_the_sni_is_read_as_tshark_decrypts_it(tmp_path):
+    # RFC 9001 appendix A.1: the client's Initial keys for DCID 0x8394c8f03e515708.
+    key, iv, hp = names.quic_initial_keys(bytes.fromhex("8394c8f03e515708"))
+    assert (key.hex(), iv.hex(), hp.hex()) == (
+        "1f369613dd76d5467730efcbe3b1a22d",
+        "fa044b2f42a3fd3b46fb255c",
+        "9f50449e04a0e810283a1e9933adedd2",
+    )
+    hello = bytes(TLSClientHello(ext=[TLS_Ext_ServerName(servernames=[ServerName(servername=b"quic.example.net")])]))
+    path = tmp_path / "quic.pcap"
+    wrpcap(
+        str(path),
+        [Ether() / IP(src=WS, dst=REMOTE) / UDP(sport=50002, dport=443) / quic_initial(bytes(range(8)), hello)],
+    )
+    tshark = require_binary("tshark")
+    out = subprocess.run(
+        [tshark, "-r", str(path), "-Y", "quic", "-T", "fields", "-e", "tls.handshake.extensions_server_name"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == ["quic.example.net"]
+    (flow,) = offline_capture(path, default_policy()).flows
+    assert (flow.protocol, flow.sni, flow.names, flow.direction_evidence) == (
+        "quic",
+        out,
+        out,
+        "quic-initial",
+    )
+    assert names.quic_sni(quic_initial(bytes(range(8)), hello)[:-1] + b"\x00") is None  # tag broken

@@ -32,6 +32,7 @@ from toolkit.audit.names import (
     is_http_request,
     is_quic_initial,
     is_tls_client_hello,
+    quic_sni,
     tls_record_length,
     tls_sni,
 )
@@ -481,6 +482,10 @@ class Processor:
                 st.tags.add("quic")
                 if dport == 443 and st.evidence != "quic-initial":
                     st.opener, st.evidence = (src, sport), "quic-initial"
+                if dport == 443 and st.packets <= 12:
+                    name = quic_sni(payload)
+                    if name:
+                        st.sni.add(name)
         elif proto in (1, 58) and flags in (8, 128) and st.opener is None:
             st.opener, st.evidence = (src, 0), "icmp-echo-request"
         elif proto in _TUNNEL_NAMES:

@@ -208,3 +208,107 @@ def _name(msg: bytes, p: int) -> tuple[str | None, int]:
         p += 1 + ln
     text = b".".join(labels).decode("ascii", "replace").lower()
     return text, end if end >= 0 else p
+
+
+_QUIC_V1_SALT = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
+
+
+def _varint(buf: bytes, p: int) -> tuple[int, int]:
+    """A QUIC variable-length integer at ``p``: (value, offset after); IndexError when cut."""
+    first = buf[p]
+    size = 1 << (first >> 6)
+    if p + size > len(buf):
+        raise IndexError("varint cut")
+    value = first & 0x3F
+    for b in buf[p + 1 : p + size]:
+        value = (value << 8) | b
+    return value, p + size
+
+
+def _hkdf_label(secret: bytes, label: bytes, length: int) -> bytes:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+    full = b"tls13 " + label
+    info = length.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
+    return HKDFExpand(hashes.SHA256(), length, info).derive(secret)
+
+
+def quic_initial_keys(dcid: bytes) -> tuple[bytes, bytes, bytes]:
+    """The client's Initial (key, iv, header-protection key) for a Destination Connection ID,
+    as RFC 9001 section 5.2 derives them for QUIC v1."""
+    from cryptography.hazmat.primitives import hashes, hmac
+
+    h = hmac.HMAC(_QUIC_V1_SALT, hashes.SHA256())
+    h.update(dcid)
+    client = _hkdf_label(h.finalize(), b"client in", 32)
+    return (
+        _hkdf_label(client, b"quic key", 16),
+        _hkdf_label(client, b"quic iv", 12),
+        _hkdf_label(client, b"quic hp", 16),
+    )
+
+
+def quic_sni(payload: bytes) -> str | None:
+    """The SNI of the ClientHello in a client's QUIC v1 Initial packet, or None. Initial packets
+    are encrypted with keys anyone can derive from the packet's own connection ID (RFC 9001
+    5.2): remove the header protection, decrypt, gather the CRYPTO frames from offset 0 and
+    read the ClientHello as from TLS."""
+    try:
+        return _quic_sni(bytes(payload))
+    except (IndexError, ValueError, struct.error, ImportError):
+        return None
+    except Exception as err:  # cryptography's InvalidTag: not an Initial we can open
+        if type(err).__name__ == "InvalidTag":
+            return None
+        raise
+
+
+def _quic_sni(pkt: bytes) -> str | None:
+    if len(pkt) < 7 or pkt[0] & 0xF0 != 0xC0 or pkt[1:5] != b"\x00\x00\x00\x01":
+        return None  # not a v1 Initial (long header, type 0)
+    p = 5
+    dlen = pkt[p]
+    dcid = pkt[p + 1 : p + 1 + dlen]
+    if len(dcid) != dlen or dlen > 20:
+        return None
+    p += 1 + dlen
+    p += 1 + pkt[p]  # source connection ID
+    token_len, p = _varint(pkt, p)
+    p += token_len
+    length, pn_off = _varint(pkt, p)
+    end = pn_off + length
+    if end > len(pkt) or length < 20:
+        return None
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key, iv, hp = quic_initial_keys(dcid)
+    sample = pkt[pn_off + 4 : pn_off + 20]
+    enc = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
+    mask = enc.update(sample) + enc.finalize()
+    first = pkt[0] ^ (mask[0] & 0x0F)
+    pn_len = (first & 0x03) + 1
+    pn = bytes(b ^ m for b, m in zip(pkt[pn_off : pn_off + pn_len], mask[1 : 1 + pn_len], strict=True))
+    header = bytes([first]) + pkt[1:pn_off] + pn
+    nonce = (int.from_bytes(iv, "big") ^ int.from_bytes(pn, "big")).to_bytes(12, "big")
+    plain = AESGCM(key).decrypt(nonce, pkt[pn_off + pn_len : end], header)
+    crypto: dict[int, bytes] = {}
+    q = 0
+    while q < len(plain):
+        ftype = plain[q]
+        if ftype in (0x00, 0x01):  # PADDING, PING
+            q += 1
+        elif ftype == 0x06:  # CRYPTO: offset, length, data
+            off, q = _varint(plain, q + 1)
+            ln, q = _varint(plain, q)
+            crypto[off] = plain[q : q + ln]
+            q += ln
+        else:  # ACK or anything else: the CRYPTO frames before it are what we read
+            break
+    hello = b""
+    while len(hello) in crypto:
+        hello += crypto.pop(len(hello))
+    if not hello or hello[0] != 0x01:
+        return None
+    return tls_sni(b"\x16\x03\x01" + len(hello).to_bytes(2, "big") + hello)
