@@ -98,6 +98,7 @@ def captures(tmp_path_factory):
             "short": tmp / "short.pcap",
             "mixed": tmp / "mixed.pcapng",
             "lo": tmp / "lo.pcap",
+            "sll2": tmp / "sll2.pcap",
         }
         writers = [
             pair.popen(
@@ -119,6 +120,19 @@ def captures(tmp_path_factory):
             pair.popen(pair.host, tcpdump, "-i", "lo", "-U", "-w", str(files["lo"]), stderr=subprocess.PIPE, text=True),
             pair.popen(
                 pair.host,
+                tcpdump,
+                "-i",
+                "any",
+                "-y",
+                "LINUX_SLL2",
+                "-U",
+                "-w",
+                str(files["sll2"]),
+                stderr=subprocess.PIPE,
+                text=True,
+            ),
+            pair.popen(
+                pair.host,
                 dumpcap,
                 "-q",
                 "-i",
@@ -132,7 +146,7 @@ def captures(tmp_path_factory):
             ),
         ]
         procs += writers
-        for w, text in zip(writers, ("listening", "listening", "listening", "Capturing"), strict=True):
+        for w, text in zip(writers, ("listening", "listening", "listening", "listening", "Capturing"), strict=True):
             for _ in range(10):
                 if text in w.stderr.readline():
                     break
@@ -267,3 +281,17 @@ def test_a_multicast_group_is_the_remote_end_of_a_real_mdns_query(captures):
     (mdns,) = [f for f in r["findings"] if "224.0.0.251" in (f["local_address"], f["remote_address"])]
     assert (mdns["local_address"], mdns["remote_address"], mdns["remote_port"]) == (q[0], "224.0.0.251", 5353)
     assert mdns["dns_queries"] == [q[1]] and mdns["direction"] == "outbound"
+
+
+def test_mergecap_of_an_ethernet_and_an_sll2_capture_is_read_whole(captures, tmp_path):
+    mergecap = require_binary("mergecap")
+    merged = tmp_path / "merged.pcapng"
+    subprocess.run([mergecap, "-w", str(merged), str(captures["full"]), str(captures["sll2"])], check=True)
+    rc, r = audit(merged)
+    stats = r["capture"]["stats"]
+    assert (rc, stats["reader"], sorted(stats["link_types"])) == (1, "python", ["1", "276"]), stats
+    assert stats["records"] == len(tshark_fields(merged, "frame", "frame.number"))
+    _, full = audit(captures["full"])
+    assert {(f["protocol"], f["remote_address"], f["remote_port"]) for f in full["findings"]} <= {
+        (f["protocol"], f["remote_address"], f["remote_port"]) for f in r["findings"]
+    }
