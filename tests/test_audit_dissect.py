@@ -5,6 +5,7 @@ segments, fragments, ICMP errors, group addresses, LLMNR replies)."""
 from __future__ import annotations
 
 import contextlib
+import struct
 import subprocess
 import tempfile
 from pathlib import Path
@@ -21,7 +22,7 @@ from toolkit.audit import names
 from toolkit.audit.capture import offline_capture
 from toolkit.audit.decode import SUPPORTED_LINK_TYPES, Processor
 from toolkit.audit.flows import finalize
-from toolkit.audit.pcapfile import NotACapture, read_file
+from toolkit.audit.pcapfile import NotACapture, pcapng_needs_python, read_file
 from toolkit.audit.policy import default_policy
 
 WS, REMOTE = "192.0.2.10", "203.0.113.7"
@@ -243,3 +244,31 @@ def test_quic_initial_keys_are_rfc_9001s_and_the_sni_is_read_as_tshark_decrypts_
         "quic-initial",
     )
     assert names.quic_sni(quic_initial(bytes(range(8)), hello)[:-1] + b"\x00") is None  # tag broken
+
+
+_SHB = (
+    b"\x0a\x0d\x0d\x0a"
+    + struct.pack("<I", 28)
+    + b"\x4d\x3c\x2b\x1a"
+    + struct.pack("<HHq", 1, 0, -1)
+    + struct.pack("<I", 28)
+)
+_IDB = struct.pack("<II", 1, 20) + struct.pack("<HHI", 1, 0, 65535) + struct.pack("<I", 20)
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.tuples(st.sampled_from([1, 2, 3, 6, 0x0A0D0D0A, 5, 99]), st.integers(0, 64), st.binary(max_size=48)),
+        max_size=6,
+    )
+)
+def test_pcapng_blocks_of_any_type_and_length_never_raise(blocks):
+    """Blocks whose stated lengths lie (shorter than their own fields, past the file's end)."""
+    body = b"".join(struct.pack("<II", t, n) + data for t, n, data in blocks)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "f.pcapng"
+        path.write_bytes(_SHB + _IDB + body)
+        r = read_file(path, Processor(0))
+        assert r.records >= 0 and r.interfaces >= 1
+        pcapng_needs_python(path, 96)

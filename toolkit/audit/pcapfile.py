@@ -71,7 +71,12 @@ def read_file(path: Path, proc: Processor) -> FileReading:
         if magic in PCAP_MAGICS:
             return _read_pcap(data, proc)
         if magic == PCAPNG_SHB:
-            return _read_pcapng(data, proc)
+            out = FileReading()
+            try:
+                _read_pcapng(data, proc, out)
+            except (struct.error, IndexError):  # a block shorter than its own fields: a cut
+                out.truncated = True
+            return out
     raise NotACapture(f"not a pcap or pcapng file (starts with {magic.hex()})")
 
 
@@ -108,8 +113,7 @@ def _read_pcap(data, proc: Processor) -> FileReading:
     return out
 
 
-def _read_pcapng(data, proc: Processor) -> FileReading:
-    out = FileReading()
+def _read_pcapng(data, proc: Processor, out: FileReading) -> FileReading:
     size = len(data)
     off = 0
     endian = "<"
@@ -126,12 +130,15 @@ def _read_pcapng(data, proc: Processor) -> FileReading:
                 endian = "<"
             elif bom == b"\x1a\x2b\x3c\x4d":
                 endian = ">"
+            elif out.records or ifaces or off:
+                out.truncated = True  # a corrupt later section: judged as a cut
+                break
             else:
                 raise NotACapture("pcapng section header with an unknown byte-order magic")
             ifaces = []  # interface ids are per section
         btype_n, blen = struct.unpack_from(endian + "II", data, off)
         if blen < 12 or blen % 4:
-            if out.records or ifaces:
+            if out.records or ifaces or off:
                 out.truncated = True  # a corrupt block: judged as a cut
                 break
             raise NotACapture(f"pcapng block of impossible length {blen}")
@@ -140,11 +147,17 @@ def _read_pcapng(data, proc: Processor) -> FileReading:
             break
         body = off + 8
         if btype_n == 1:  # interface description
+            if blen < 20:
+                out.truncated = True
+                break
             linktype, snaplen = struct.unpack_from(endian + "HxxI", data, body)
             ifaces.append((linktype, snaplen, _tsresol(data, body + 8, off + blen - 4, endian)))
             out.snaplens.add(snaplen)
             out.interfaces += 1
         elif btype_n in (6, 2):  # enhanced / obsolete packet block
+            if blen < 32:
+                out.truncated = True
+                break
             if btype_n == 6:
                 iface, tsh, tsl, caplen, wirelen = struct.unpack_from(endian + "IIIII", data, body)
             else:
@@ -159,7 +172,7 @@ def _read_pcapng(data, proc: Processor) -> FileReading:
             out.records += 1
             out.link_types[linktype] = out.link_types.get(linktype, 0) + 1
         elif btype_n == 3:  # simple packet block: interface 0, no time stamp
-            if not ifaces:
+            if not ifaces or blen < 16:
                 out.truncated = True
                 break
             (wirelen,) = struct.unpack_from(endian + "I", data, body)
