@@ -520,6 +520,8 @@ def test_interface_created_mid_capture_is_captured_and_its_unseen_frames_counted
             ["ip", "link", "set", name, "up"],
             [sys.executable, "-c", RAW_SENDER, name, "30", bypass, frame],
         ]
+    # audmid1 also sends one ordinary frame before it goes: that flow still names it.
+    steps.append([sys.executable, "-c", RAW_SENDER, "audmid1", "1", "0", _frame("203.0.113.98")])
     steps.append(["ip", "link", "del", "audmid1"])
     rc, r = _audit_during(pair, tmp_path, steps)
     kept, gone, seen = _row(r, "audmid0"), _row(r, "audmid1"), _row(r, "audmid2")
@@ -527,6 +529,7 @@ def test_interface_created_mid_capture_is_captured_and_its_unseen_frames_counted
     assert (gone["appeared"], gone["vanished"], gone["sent"] - gone["seen"], gone["blind"]) == (True, True, 30, True)
     assert (seen["appeared"], seen["sent"] == seen["seen"], seen["blind"]) == (True, True, False)
     assert _flow(r, "udp", "203.0.113.99", 9999)["interfaces"] == ["audmid2"]
+    assert _flow(r, "udp", "203.0.113.98", 9999)["interfaces"] == ["audmid1"]
     assert (rc, r["verdict"]) == (1, "FAIL")  # the captured frames are egress; the finding outranks
     detail = control(r, "CAPTURE-001")["detail"]
     assert "audmid0 sent" in detail and "(appeared during the capture)" in detail and "audmid1 sent" in detail

@@ -290,14 +290,21 @@ def _has_any_packet(pcap, path: Path) -> bool:
         pcap.pcap_close(handle)
 
 
-def _fill(result: CaptureResult, proc: Processor, policy: Policy, local: set[str], live: bool = False) -> None:
+def _fill(
+    result: CaptureResult,
+    proc: Processor,
+    policy: Policy,
+    local: set[str],
+    live: bool = False,
+    gone: dict[int, str] | None = None,
+) -> None:
     names = {}
     for ifindex in {i for st in proc.table.flows.values() for i in st.interfaces}:
         # Interface names only mean something on the machine that captured: offline, keep the index.
         try:
             names[ifindex] = socket.if_indextoname(ifindex) if live else f"ifindex {ifindex}"
-        except OSError:
-            names[ifindex] = f"ifindex {ifindex}"
+        except OSError:  # deleted during the capture: its name from rtnetlink, if it was read
+            names[ifindex] = (gone or {}).get(ifindex) or f"ifindex {ifindex}"
     for st in proc.table.flows.values():
         st.interfaces = {names.get(i, str(i)) for i in st.interfaces}
     result.flows = finalize(proc.table, proc.book, policy.networks, local)
@@ -582,7 +589,8 @@ def live_capture(
         "sent_seen_tolerance": SENT_SEEN_TOLERANCE,
         "local_addresses": sorted(local),
     }
-    _fill(result, proc, policy, local, live=True)
+    gone = {**watch.appeared, **{i: name for i, (name, _) in watch.vanished.items()}}
+    _fill(result, proc, policy, local, live=True, gone=gone)
     if attributor is not None:
         result.attribution = attributor.stats()
     return result
