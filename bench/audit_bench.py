@@ -8,6 +8,10 @@
     it counts out of a known number sent from the namespace at a stated rate (missed must be 0).
 
 Prints a Markdown table; figures go to docs/audit.md.
+
+``--against DIR`` (a checkout of another version, e.g. ``git archive HEAD | tar -x -C DIR``)
+compares instead: five interleaved rounds of tcpdump + filter, DIR's offline_capture and this
+one's, each in a fresh interpreter, on the same files; prints each round and the medians.
 """
 
 from __future__ import annotations
@@ -36,9 +40,7 @@ N = 500_000
 
 def write_capture(path: Path, egress_every: int | None, egress_total: int | None) -> int:
     """Raw pcap records from a few templates (scapy builds each template once)."""
-    lo = bytes(
-        Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / TCP(sport=40000, dport=8000, flags="PA") / bytes(400)
-    )
+    lo = bytes(Ether() / IP(src="127.0.0.1", dst="127.0.0.1") / TCP(sport=40000, dport=8000, flags="PA") / bytes(400))
     out_udp = bytearray(
         bytes(Ether() / IP(src="192.0.2.10", dst="198.51.100.20") / UDP(sport=40000, dport=9999) / bytes(200))
     )
@@ -48,9 +50,7 @@ def write_capture(path: Path, egress_every: int | None, egress_total: int | None
         / UDP(sport=53000, dport=53)
         / DNS(qd=DNSQR(qname="stats.vllm.ai"))
     )
-    syn = bytearray(
-        bytes(Ether() / IP(src="192.0.2.10", dst="203.0.113.7") / TCP(sport=50000, dport=443, flags="S"))
-    )
+    syn = bytearray(bytes(Ether() / IP(src="192.0.2.10", dst="203.0.113.7") / TCP(sport=50000, dport=443, flags="S")))
     egress = 0
     with path.open("wb") as fh:
         fh.write(struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1))
@@ -95,9 +95,7 @@ def replay(tmp: Path) -> list[tuple]:
         t_audit = best(lambda p=path: _audit_time(p))
         t_cli = best(
             lambda p=path: (
-                timed([sys.executable, "-m", "toolkit", "audit", "--pcap", str(p), "--json"])
-                if False
-                else _cli_time(p)
+                timed([sys.executable, "-m", "toolkit", "audit", "--pcap", str(p), "--json"]) if False else _cli_time(p)
             ),
             n=1,
         )
@@ -227,7 +225,49 @@ def _cpu(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
+_TIMER = (
+    "import sys, time\nsys.path.insert(0, sys.argv[1])\n"
+    "from pathlib import Path\nfrom toolkit.audit.capture import offline_capture\n"
+    "from toolkit.audit.policy import default_policy\nbest = 9e9\n"
+    "for _ in range(3):\n    t = time.perf_counter()\n    r = offline_capture(Path(sys.argv[2]), default_policy())\n"
+    "    best = min(best, time.perf_counter() - t)\nprint(best, sum(f.packets for f in r.flows))\n"
+)
+
+
+def _audit_in(repo: Path, path: Path) -> tuple[float, int]:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = subprocess.run(
+        [sys.executable, "-c", _TIMER, str(repo), str(path)], capture_output=True, text=True, env=env, check=True
+    ).stdout.split()
+    return float(out[0]), int(out[1])
+
+
+def against(other: Path, tmp: Path, rounds: int = 5) -> None:
+    import statistics
+
+    flt = compile_filter(default_policy())
+    for label, every, total in (("loopback-dominated", None, 50), ("one tenth egress", 10, None)):
+        path = tmp / f"{label.split()[0]}.pcap"
+        write_capture(path, every, total)
+        rows = []
+        for i in range(rounds):
+            td = best(lambda p=path: timed(["tcpdump", "-nn", "-r", str(p), flt]))
+            to, fo = _audit_in(other, path)
+            tn, fn = _audit_in(REPO, path)
+            rows.append((td / to, td / tn))
+            print(f"| {label} | {i + 1} | {td:.3f} s | {to:.3f} s ({fo:,} found) | {tn:.3f} s ({fn:,} found) |")
+        print(
+            f"| {label} | median ratio vs tcpdump + filter | | {statistics.median(r[0] for r in rows):.2f}x "
+            f"| {statistics.median(r[1] for r in rows):.2f}x |"
+        )
+
+
 def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "--against":
+        with tempfile.TemporaryDirectory(prefix="audbench-") as d:
+            print("| capture | round | tcpdump -nn -r + filter | other | this |\n|---|---|---|---|---|")
+            against(Path(sys.argv[2]).resolve(), Path(d))
+        return
     for tool in ("tcpdump", "iperf3"):
         if not shutil.which(tool):
             sys.exit(f"needs {tool}")
@@ -248,10 +288,7 @@ def main() -> None:
         if os.geteuid() == 0:
             r = live(tmp)
             print(f"\n## (b) live, {r['window_s']} s of iperf3 on 127.0.0.1 plus egress from the namespace\n")
-            print(
-                "| loopback load | audit CPU | egress sent | rate | counted by audit | missed "
-                "| kernel drops |"
-            )
+            print("| loopback load | audit CPU | egress sent | rate | counted by audit | missed | kernel drops |")
             print("|---|---|---|---|---|---|---|")
             print(
                 f"| {r['iperf_gbit_s']:.1f} Gbit/s iperf3 | {r['audit_cpu_s']:.2f} s CPU "

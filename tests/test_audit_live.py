@@ -421,3 +421,136 @@ def test_live_capture_until_ctrl_c_still_runs_its_end_probe_and_reports(pair, tm
     assert audit.returncode == 0, err
     assert report["capture"]["stats"]["interrupted"] is True
     assert report["capture"]["stats"]["probes_seen"] == 2
+
+
+# Frames sent through a raw packet socket. With PACKET_QDISC_BYPASS they go straight to the
+# driver and never pass the packet tap libpcap reads; the interface counters still count them.
+RAW_SENDER = """
+import socket, sys
+dev, n, bypass, frame = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", bytes.fromhex(sys.argv[4])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+if bypass:
+    s.setsockopt(263, 20, 1)  # SOL_PACKET, PACKET_QDISC_BYPASS
+s.bind((dev, 0))
+for _ in range(n):
+    s.send(frame)
+"""
+
+
+def _frame(dst: str = "203.0.113.99") -> str:
+    from scapy.all import IP, UDP, Ether
+
+    return bytes(
+        Ether(src="02:00:00:00:aa:01", dst="02:00:00:00:aa:02") / IP(src=HOST_V4, dst=dst) / UDP(dport=9999) / b"x"
+    ).hex()
+
+
+def _audit_during(
+    pair, tmp_path: Path, steps: list[list[str]], duration: int = 3, extra: tuple[str, ...] = ()
+) -> tuple[int, dict]:
+    """A live audit in the host namespace while ``steps`` (commands) run in it, one after another."""
+    ready = tmp_path / "ready"
+    ready.unlink(missing_ok=True)
+    audit = subprocess.Popen(
+        [
+            "ip",
+            "netns",
+            "exec",
+            pair.host,
+            *toolkit_cmd(
+                "audit",
+                "--duration",
+                str(duration),
+                "--json",
+                "--no-attribution",
+                "--ready-file",
+                str(ready),
+                *extra,
+                *quiet_static(tmp_path),
+            ),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
+    _wait_file(ready, audit)
+    for step in steps:
+        subprocess.run(["ip", "netns", "exec", pair.host, *step], check=True, capture_output=True, timeout=30)
+    out, err = audit.communicate(timeout=60)
+    return audit.returncode, report_of(subprocess.CompletedProcess([], audit.returncode, out, err))
+
+
+def _row(report: dict, name: str) -> dict:
+    return next(r for r in report["capture"]["stats"]["sent_vs_seen"] if r["interface"] == name)
+
+
+def test_frames_that_bypass_the_packet_tap_make_the_live_audit_inconclusive(pair, tmp_path):
+    veth = pair.veth_host
+    rc, r = _audit_during(pair, tmp_path, [[sys.executable, "-c", RAW_SENDER, veth, "50", "1", _frame()]])
+    assert (rc, r["verdict"]) == (2, "INCONCLUSIVE"), r["capture"]
+    row = _row(r, veth)
+    assert row["sent"] - row["seen"] == 50 and row["blind"] is True, row
+    assert r["findings"] == []  # none of the 50 was seen: that is the point
+    detail = control(r, "CAPTURE-001")["detail"]
+    assert f"{veth} sent {row['sent']}, seen {row['seen']}" in detail
+    assert r["capture"]["stats"]["sent_seen_tolerance"] == 0
+
+
+def test_frames_through_the_tap_are_counted_as_seen_and_found(pair, tmp_path):
+    veth = pair.veth_host
+    rc, r = _audit_during(pair, tmp_path, [[sys.executable, "-c", RAW_SENDER, veth, "50", "0", _frame()]])
+    assert (rc, r["verdict"]) == (1, "FAIL"), r["capture"]
+    row = _row(r, veth)
+    assert row["sent"] == row["seen"] >= 50 and row["blind"] is False, row
+    assert control(r, "CAPTURE-001")["status"] == "pass"
+    assert _flow(r, "udp", "203.0.113.99", 9999)["packets"] == 50
+
+
+def test_interface_created_mid_capture_is_captured_and_its_unseen_frames_counted(pair, tmp_path):
+    """Three veths made during the capture, their far ends in the peer namespace: one sends 30
+    frames past the tap and stays, one does the same and is deleted before the end (its last
+    counters come from the kernel's RTM_DELLINK), one sends 30 ordinary frames (captured)."""
+    frame = _frame()
+    steps = []
+    for name, bypass in (("audmid0", "1"), ("audmid1", "1"), ("audmid2", "0")):
+        steps += [
+            ["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p", "netns", pair.peer],
+            ["ip", "-n", pair.peer, "link", "set", name + "p", "up"],
+            ["ip", "link", "set", name, "up"],
+            [sys.executable, "-c", RAW_SENDER, name, "30", bypass, frame],
+        ]
+    # audmid1 also sends one ordinary frame before it goes: that flow still names it.
+    steps.append([sys.executable, "-c", RAW_SENDER, "audmid1", "1", "0", _frame("203.0.113.98")])
+    steps.append(["ip", "link", "del", "audmid1"])
+    rc, r = _audit_during(pair, tmp_path, steps)
+    kept, gone, seen = _row(r, "audmid0"), _row(r, "audmid1"), _row(r, "audmid2")
+    assert (kept["appeared"], kept["vanished"], kept["sent"] - kept["seen"], kept["blind"]) == (True, False, 30, True)
+    assert (gone["appeared"], gone["vanished"], gone["sent"] - gone["seen"], gone["blind"]) == (True, True, 30, True)
+    assert (seen["appeared"], seen["sent"] == seen["seen"], seen["blind"]) == (True, True, False)
+    assert _flow(r, "udp", "203.0.113.99", 9999)["interfaces"] == ["audmid2"]
+    assert _flow(r, "udp", "203.0.113.98", 9999)["interfaces"] == ["audmid1"]
+    assert (rc, r["verdict"]) == (1, "FAIL")  # the captured frames are egress; the finding outranks
+    detail = control(r, "CAPTURE-001")["detail"]
+    assert "audmid0 sent" in detail and "(appeared during the capture)" in detail and "audmid1 sent" in detail
+
+
+def test_under_a_lan_policy_allowed_sends_are_counted_so_only_unseen_frames_are_blind(pair, tmp_path):
+    """The LAN is allowed: its packets are filtered out as candidates, yet still counted as seen,
+    so 40 allowed datagrams pass while 20 frames past the tap do not."""
+    policy = tmp_path / "lan.yaml"
+    policy.write_text("schema: 1\nallow:\n  networks: [198.51.100.0/24, 2001:db8:100::/64]\n")
+    veth = pair.veth_host
+    send = [
+        sys.executable,
+        "-c",
+        f"import socket\ns=socket.socket(2,2)\n[s.sendto(b'x',('{PEER_V4}',9)) for _ in range(40)]",
+    ]
+    rc, r = _audit_during(pair, tmp_path, [send], extra=("--policy", str(policy)))
+    assert (rc, r["verdict"], r["findings"]) == (0, "PASS", []), r["capture"]
+    row = _row(r, veth)
+    assert row["sent"] == row["seen"] >= 40 and row["blind"] is False, row
+    bypass = [sys.executable, "-c", RAW_SENDER, veth, "20", "1", _frame(PEER_V4)]
+    rc, r = _audit_during(pair, tmp_path, [send, bypass], extra=("--policy", str(policy)))
+    row = _row(r, veth)
+    assert (rc, r["verdict"], row["sent"] - row["seen"], row["blind"]) == (2, "INCONCLUSIVE", 20, True), row

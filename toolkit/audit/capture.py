@@ -1,9 +1,9 @@
 """Packets in: live from libpcap on every interface, or offline from a pcap/pcapng file.
 
-Both go through libpcap (scapy's ctypes binding, the library tcpdump uses): the policy's BPF filter
-runs in the kernel (live) or inside libpcap (offline), so allowed traffic never reaches Python.
-What passes is parsed from its headers with ``struct``; only packets that can name a flow (DNS,
-TLS ClientHello, QUIC Initial, HTTP request line) are dissected further (names.py).
+Both go through libpcap (scapy's ctypes binding, the library tcpdump uses) where it can: the
+policy's BPF filter runs in the kernel (live) or inside libpcap (offline), so allowed traffic never
+reaches Python. What passes is parsed from its headers (decode.py); only packets that can name a
+flow (DNS, TLS ClientHello, QUIC Initial, HTTP request head) are dissected further (names.py).
 
 Fail closed. A live capture is INCONCLUSIVE when:
 * it cannot start: libpcap missing, no privilege (CAP_NET_RAW), bad interface;
@@ -11,16 +11,20 @@ Fail closed. A live capture is INCONCLUSIVE when:
 * it did not see its own probes: at start and at the end the audit sends a UDP datagram with a
   random nonce to a port it bound on 127.0.0.1; the filter lets exactly that through. Seeing both
   proves that the socket, the filter and the reader were live for the whole window;
-* an interface sent packets the capture never saw: /sys/class/net/*/statistics counts every
-  packet the kernel transmitted, independent of the filter. Under a loopback-only policy every
-  packet sent on a non-loopback interface is a candidate, so tx > 0 with zero captured on that
-  interface means the capture was blind there.
-Offline, a file that holds no packet at all is INCONCLUSIVE.
+* an interface sent more packets than the capture saw it send: /proc/net/dev counts every packet
+  the kernel transmitted, independent of any packet tap, so frames that bypass the tap (a packet
+  socket with PACKET_QDISC_BYPASS, XDP) show as sent but not seen. Interfaces that appear during
+  the capture are watched through rtnetlink: `any` captures them, and one that vanishes leaves
+  its last counters in the kernel's RTM_DELLINK message. The tolerance is SENT_SEEN_TOLERANCE.
+Offline, a file that holds no packet, a file cut mid-record (what came before the cut is still
+judged: a finding there is a FAIL), packets the decoder cannot look into and packets cut by the
+snap length before their headers end are INCONCLUSIVE, each with its count.
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import json
 import mmap
 import secrets
@@ -30,7 +34,6 @@ import struct
 import subprocess
 import tempfile
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,26 +42,31 @@ from typing import Any
 
 from toolkit.audit import AuditUsageError
 from toolkit.audit.attribution import Attributor
-from toolkit.audit.flows import Flow, FlowTable, finalize
-from toolkit.audit.names import (
-    DNS_PORTS,
-    NameBook,
-    dissect_dns,
-    http_host,
-    is_http_request,
-    is_quic_initial,
-    is_tls_client_hello,
-    tls_sni,
-)
+from toolkit.audit.decode import DLT_EN10MB, DLT_LINUX_SLL2, SUPPORTED_LINK_TYPES, Processor
+from toolkit.audit.flows import Flow, finalize
+from toolkit.audit.pcapfile import NotACapture, file_kind, pcapng_needs_python, read_file
 from toolkit.audit.policy import Policy, compile_filter
 
-DLT_NULL, DLT_EN10MB, DLT_RAW, DLT_LOOP, DLT_LINUX_SLL, DLT_LINUX_SLL2 = 0, 1, 101, 108, 113, 276
-DLT_IPV4, DLT_IPV6 = 228, 229
-PACKET_OUTGOING = 4
 PCAP_ERROR_PERM_DENIED, PCAP_ERROR_NO_SUCH_DEVICE = -8, -5
-_inet4 = socket.AF_INET
-_inet6 = socket.AF_INET6
-_ntop = socket.inet_ntop
+# Packets an interface may send beyond what the capture saw before the run is INCONCLUSIVE.
+# Zero: the tap sits before the driver, so every packet a counter counts has already passed it,
+# and packets in flight at either end are seen (the read goes on until the end probe is seen).
+SENT_SEEN_TOLERANCE = 0
+# Below this snap length libpcap's filter can reject a frame only because a load falls beyond
+# the bytes captured (BPF rejects on an out-of-bounds load): such files are read in Python.
+# A classic pcap's header snap length is trusted (tcpdump, dumpcap and editcap -F pcap -s write
+# it); in a pcapng every record's length is checked, as editcap -s leaves the interface's as it was.
+FAST_PATH_MIN_SNAPLEN = 96
+# Tunnels always reach Python, whatever their outer ends: the filter cannot see what they carry.
+TUNNEL_FILTER = "ip proto 4 or ip proto 41 or ip proto 47 or ip6 proto 4 or ip6 proto 41 or ip6 proto 47"
+
+
+def candidate_filter(policy: Policy, local: set[str] | None = None, probe_port: int | None = None) -> str:
+    """The policy's filter, plus every tunnel packet where the policy allows more than loopback
+    (a tunnel between two loopback or own addresses never leaves the host, so the default
+    policy keeps the shorter program on the hot path)."""
+    expr = compile_filter(policy, local or (), probe_port)
+    return expr if policy.loopback_only else f"({expr}) or {TUNNEL_FILTER}"
 
 
 class CaptureUnavailable(Exception):
@@ -87,204 +95,6 @@ def load_libpcap():
     return pcap
 
 
-class Processor:
-    """Per-packet work shared by live and offline capture: headers, flows, names, link-local."""
-
-    def __init__(self, dlt: int, probe: tuple[int, bytes] | None = None) -> None:
-        self.dlt = dlt
-        self.table = FlowTable()
-        self.book = NameBook()
-        self.link = Counter()
-        self.link_pairs: dict[tuple[str, str, str], int] = {}
-        self.packets = 0
-        self.probe = probe
-        self.probes_seen = 0
-        self.out_by_ifindex: Counter = Counter()
-        self.undecoded = 0
-        self.dns_cache: dict[bytes, tuple] = {}
-        self.addr_cache: dict[bytes, str] = {}
-        self.on_new_flow: Callable[[Any, str, tuple, tuple], None] | None = None
-
-    # The hot path: keep it flat, no per-packet allocation beyond what the flow needs.
-    def handle(self, ts: float, wirelen: int, data: bytes) -> None:
-        self.packets += 1
-        dlt = self.dlt
-        ifindex = -1
-        if dlt == DLT_LINUX_SLL2:
-            etype, ifindex = struct.unpack_from("!HxxI", data, 0)
-            if data[10] == PACKET_OUTGOING:
-                self.out_by_ifindex[ifindex] += 1
-            off = 20
-        elif dlt == DLT_EN10MB:
-            etype = (data[12] << 8) | data[13]
-            off = 14
-            while etype in (0x8100, 0x88A8) and len(data) >= off + 4:
-                etype = (data[off + 2] << 8) | data[off + 3]
-                off += 4
-        elif dlt == DLT_LINUX_SLL:
-            etype = (data[14] << 8) | data[15]
-            off = 16
-        elif dlt in (DLT_RAW, 12, 14, DLT_IPV4, DLT_IPV6):
-            etype = 0x0800 if data[0] >> 4 == 4 else 0x86DD
-            off = 0
-        elif dlt in (DLT_NULL, DLT_LOOP):
-            fam = struct.unpack_from("<I" if dlt == DLT_NULL else "!I", data, 0)[0]
-            if fam > 0xFFFF:  # written on a host of the other byte order
-                fam = struct.unpack_from(">I" if dlt == DLT_NULL else "<I", data, 0)[0]
-            etype = 0x0800 if fam == 2 else 0x86DD
-            off = 4
-        else:
-            self.undecoded += 1
-            return
-        if etype == 0x0800:
-            vihl = data[off]
-            ihl = (vihl & 0x0F) * 4
-            total = (data[off + 2] << 8) | data[off + 3]
-            frag = ((data[off + 6] << 8) | data[off + 7]) & 0x1FFF
-            proto = data[off + 9]
-            ac = self.addr_cache
-            raw = data[off + 12 : off + 16]
-            src = ac.get(raw) or self._addr(_inet4, raw)
-            raw = data[off + 16 : off + 20]
-            dst = ac.get(raw) or self._addr(_inet4, raw)
-            l4 = off + ihl
-            end = off + total if total else len(data)
-            if frag:
-                proto = -proto  # a later fragment: no transport header
-        elif etype == 0x86DD:
-            plen = (data[off + 4] << 8) | data[off + 5]
-            proto = data[off + 6]
-            ac = self.addr_cache
-            raw = data[off + 8 : off + 24]
-            src = ac.get(raw) or self._addr(_inet6, raw)
-            raw = data[off + 24 : off + 40]
-            dst = ac.get(raw) or self._addr(_inet6, raw)
-            l4 = off + 40
-            end = l4 + plen if plen else len(data)
-            while proto in (0, 43, 60, 51, 44) and l4 + 8 <= len(data):
-                if proto == 44:
-                    if ((data[l4 + 2] << 8) | data[l4 + 3]) & 0xFFF8:
-                        proto = -data[l4]
-                        break
-                    proto, l4 = data[l4], l4 + 8
-                elif proto == 51:
-                    proto, l4 = data[l4], l4 + (data[l4 + 1] + 2) * 4
-                else:
-                    proto, l4 = data[l4], l4 + (data[l4 + 1] + 1) * 8
-        else:
-            if etype == 0x0806 and len(data) >= off + 28 and data[off + 4] == 6 and data[off + 5] == 4:
-                self._link("arp", _ntop(_inet4, data[off + 14 : off + 18]), _ntop(_inet4, data[off + 24 : off + 28]))
-            else:
-                self._link("arp" if etype == 0x0806 else f"ethertype-0x{etype:04x}", "-", "-")
-            return
-        sport = dport = 0
-        flags = -1
-        payload = b""
-        if proto == 6 and l4 + 14 <= len(data):
-            sport, dport = struct.unpack_from("!HH", data, l4)
-            flags = data[l4 + 13]
-            payload = data[l4 + (data[l4 + 12] >> 4) * 4 : end]
-        elif proto == 17 and l4 + 8 <= len(data):
-            sport, dport = struct.unpack_from("!HH", data, l4)
-            probe = self.probe
-            if probe is not None and dport == probe[0] and dst == "127.0.0.1" and data[l4 + 8 : end] == probe[1]:
-                self.probes_seen += 1
-                return
-            payload = data[l4 + 8 : end]
-            if sport in (67, 68, 546, 547) and dport in (67, 68, 546, 547):
-                self._link("dhcp" if etype == 0x0800 else "dhcpv6", src, dst)
-                return
-        elif proto == 2:
-            self._link("igmp", src, dst)
-            return
-        elif proto == 58 and l4 < len(data):
-            itype = data[l4]
-            if 133 <= itype <= 137:
-                self._link("ndp", src, dst)
-                return
-            if itype in (130, 131, 132, 143):
-                self._link("mld", src, dst)
-                return
-            flags = itype
-        elif proto == 1 and l4 < len(data):
-            flags = data[l4]
-        if proto < 0:
-            proto = -proto
-        st, new = self.table.get(proto, (src, sport), (dst, dport), ts)
-        st.last = ts
-        st.packets += 1
-        st.bytes += wirelen
-        if ifindex >= 0:
-            st.interfaces.add(ifindex)
-        if new and self.on_new_flow is not None:
-            self.on_new_flow(st, "tcp" if proto == 6 else "udp" if proto == 17 else "other", (src, sport), (dst, dport))
-        if proto == 6:
-            if flags & 0x12 == 0x02:
-                st.opener, st.evidence = (src, sport), "tcp-syn"
-            elif flags & 0x12 == 0x12 and st.opener is None:
-                st.opener, st.evidence = (dst, dport), "tcp-synack"
-            if payload and st.packets <= 12:
-                if is_tls_client_hello(payload):
-                    name = tls_sni(payload)
-                    st.tags.add("tls")
-                    if name:
-                        st.sni.add(name)
-                    if st.opener is None:
-                        st.opener, st.evidence = (src, sport), "tls-clienthello"
-                elif is_http_request(payload):
-                    name = http_host(payload)
-                    if name:
-                        st.http_hosts.add(name)
-                    if st.opener is None:
-                        st.opener, st.evidence = (src, sport), "http-request"
-        elif proto == 17 and payload:
-            if sport in DNS_PORTS or dport in DNS_PORTS:
-                # Clients repeat the same queries: dissect each distinct message (id aside) once.
-                key = payload[2:]
-                hit = self.dns_cache.get(key)
-                if hit is None:
-                    hit = dissect_dns(payload)
-                    if len(self.dns_cache) < 10000:
-                        self.dns_cache[key] = hit
-                if hit is not None:
-                    is_query, names, answers = hit
-                    if is_query:
-                        self.book.queried.update(names)
-                    for addr, chain in answers:
-                        self.book.by_address[addr].update(chain)
-                    if is_query:
-                        st.queried.update(names)
-                        if st.opener is None or st.evidence != "dns-query":
-                            st.opener, st.evidence = (src, sport), "dns-query"
-                    else:
-                        st.names.update(names)
-                        if st.opener is None:
-                            st.opener, st.evidence = (dst, dport), "dns-response"
-            elif (dport == 443 or sport == 443) and is_quic_initial(payload):
-                st.tags.add("quic")
-                if dport == 443 and st.evidence != "quic-initial":
-                    st.opener, st.evidence = (src, sport), "quic-initial"
-        elif proto in (1, 58) and flags in (8, 128) and st.opener is None:
-            st.opener, st.evidence = (src, 0), "icmp-echo-request"
-
-    def _addr(self, family: int, raw: bytes) -> str:
-        text = _ntop(family, raw)
-        if len(self.addr_cache) < 65536:
-            self.addr_cache[bytes(raw)] = text
-        return text
-
-    def _link(self, kind: str, src: str, dst: str) -> None:
-        self.link[kind] += 1
-        key = (kind, src, dst)
-        if key in self.link_pairs or len(self.link_pairs) < 500:
-            self.link_pairs[key] = self.link_pairs.get(key, 0) + 1
-
-    def link_local(self) -> list[dict[str, Any]]:
-        return [
-            {"kind": k, "source": s, "destination": d, "packets": n} for (k, s, d), n in sorted(self.link_pairs.items())
-        ]
-
-
 def _compile(pcap, handle, expr: str) -> Any:
     prog = pcap.bpf_program()
     if pcap.pcap_compile(handle, ctypes.byref(prog), expr.encode(), 1, 0xFFFFFFFF) != 0:
@@ -311,8 +121,8 @@ def _read(pcap, handle, proc: Processor, until: Callable[[], bool] | None = None
             h = hdr.contents
             try:
                 handle_pkt(h.ts.tv_sec + h.ts.tv_usec / 1e6, h.len, string_at(data, h.caplen))
-            except (IndexError, struct.error, ValueError):
-                proc.undecoded += 1  # truncated or malformed: counted, not fatal
+            except (IndexError, struct.error, ValueError):  # a decoder bug: counted, never fatal
+                proc._undecoded("malformed")
             n += 1
             if until is not None and n % check_every == 0 and until():
                 return rc
@@ -327,40 +137,108 @@ def _read(pcap, handle, proc: Processor, until: Callable[[], bool] | None = None
 
 def offline_capture(path: Path, policy: Policy) -> CaptureResult:
     """Audit a capture file (pcap or pcapng, any tool): every packet with an end outside the
-    allowed set is a finding; the host's own addresses are unknown, so direction is inferred."""
+    allowed set is a finding; the host's own addresses are unknown, so direction is inferred.
+
+    A single-link-type file takes libpcap's path (BPF in C over the bulk); a pcapng with several
+    link types, a file cut mid-record, a short snap length or no libpcap: every record in Python."""
     if not path.is_file():
         raise AuditUsageError(f"--pcap {path}: no such file")
-    pcap = load_libpcap()
-    expr = compile_filter(policy)
+    if file_kind(path) == "unknown":
+        raise AuditUsageError(f"--pcap {path}: not a pcap or pcapng file")
+    expr = candidate_filter(policy)
+    started = time.perf_counter()
+    try:
+        pcap = load_libpcap()
+    except CaptureUnavailable:
+        pcap = None
+    fast = _offline_fast(pcap, path, policy, expr) if pcap is not None else None
+    result = CaptureResult("offline", str(path), expr if fast is not None else "none (every record read in Python)")
+    if fast is not None:
+        proc, dlt = fast
+        stats: dict[str, Any] = {"reader": "libpcap", "datalink": dlt}
+        empty = proc.packets == 0 and not _has_any_packet(pcap, path)
+    else:
+        proc = Processor(-1, allowed=policy.networks)
+        try:
+            reading = read_file(path, proc)
+        except NotACapture as err:
+            raise AuditUsageError(f"--pcap {path}: {err}") from None
+        stats = {
+            "reader": "python",
+            "datalink": sorted(reading.link_types)[0] if len(reading.link_types) == 1 else None,
+            "link_types": {str(k): v for k, v in sorted(reading.link_types.items())},
+            "interfaces": reading.interfaces,
+            "records": reading.records,
+            "truncated": reading.truncated,
+        }
+        empty = reading.records == 0 and not reading.truncated
+        if reading.truncated:
+            result.problems.append(
+                f"file truncated after {reading.records} records: what came after the cut is unknown"
+            )
+    proc.finish()
+    stats.update(
+        {
+            "candidate_packets": proc.packets - proc.allowed_packets,
+            "undecoded": proc.undecoded,
+            "undecoded_kinds": dict(sorted(proc.undecoded_kinds.items())),
+            "short_packets": proc.short,
+            "seconds": round(time.perf_counter() - started, 4),
+        }
+    )
+    result.stats = stats
+    if empty:
+        result.problems.append(f"the capture file {path} holds no packet: nothing was seen")
+    _decode_problems(result, proc)
+    _fill(result, proc, policy, set())
+    return result
+
+
+def _decode_problems(result: CaptureResult, proc: Processor) -> None:
+    if proc.undecoded:
+        kinds = ", ".join(f"{k}: {n}" for k, n in sorted(proc.undecoded_kinds.items()))
+        result.problems.append(
+            f"{proc.undecoded} candidate packet(s) could not be decoded ({kinds}): what they carried is unknown"
+        )
+    if proc.short:
+        result.problems.append(
+            f"{proc.short} packet(s) cut before the end of their IP or transport header (snap length too "
+            "short): what they carried is unknown"
+        )
+
+
+def _offline_fast(pcap, path: Path, policy: Policy, expr: str) -> tuple[Processor, int] | None:
+    """libpcap reads the file and its BPF filter keeps only candidates; None where that path
+    cannot judge every record (libpcap refuses the file, stops mid-way, or the snap length or
+    link type would make the filter blind), so the caller reads the file in Python instead."""
+    if file_kind(path) == "pcapng" and pcapng_needs_python(path, FAST_PATH_MIN_SNAPLEN):
+        return None
     errbuf = ctypes.create_string_buffer(pcap.PCAP_ERRBUF_SIZE)
     handle = pcap.pcap_open_offline(str(path).encode(), errbuf)
     if not handle:
-        raise AuditUsageError(f"--pcap {path}: {errbuf.value.decode(errors='replace')}")
-    started = time.perf_counter()
+        return None
     with tempfile.TemporaryDirectory(prefix="toolkit-audit-") as tmp:
         filtered = Path(tmp) / "candidates.pcap"
         try:
             dlt = pcap.pcap_datalink(handle)
-            _compile(pcap, handle, expr)
-            rc = _filter_to_file(pcap, handle, filtered)
-            if rc == -1:
-                raise AuditUsageError(f"--pcap {path}: {pcap.pcap_geterr(handle).decode(errors='replace')}")
+            snapshot = pcap._lib.pcap_snapshot
+            snapshot.argtypes, snapshot.restype = [ctypes.c_void_p], ctypes.c_int
+            if (
+                dlt not in SUPPORTED_LINK_TYPES
+                or snapshot(ctypes.cast(handle, ctypes.c_void_p)) < FAST_PATH_MIN_SNAPLEN
+            ):
+                return None
+            try:
+                _compile(pcap, handle, expr)
+            except CaptureUnavailable:
+                return None
+            if _filter_to_file(pcap, handle, filtered) == -1:
+                return None  # a cut record, an interface of another link type: read in Python
         finally:
             pcap.pcap_close(handle)
-        proc = Processor(dlt)
+        proc = Processor(dlt, allowed=policy.networks)
         _read_savefile(filtered, proc)
-    elapsed = time.perf_counter() - started
-    result = CaptureResult("offline", str(path), expr)
-    result.stats = {
-        "datalink": dlt,
-        "candidate_packets": proc.packets,
-        "undecoded": proc.undecoded,
-        "seconds": round(elapsed, 4),
-    }
-    if proc.packets == 0 and not _has_any_packet(pcap, path):
-        result.problems.append(f"the capture file {path} holds no packet: nothing was seen")
-    _fill(result, proc, policy, set())
-    return result
+    return proc, dlt
 
 
 def _filter_to_file(pcap, handle, out: Path) -> int:
@@ -394,8 +272,8 @@ def _read_savefile(path: Path, proc: Processor) -> None:
             off += 16
             try:
                 handle(sec + frac * scale, wirelen, data[off : off + caplen])
-            except (IndexError, struct.error, ValueError):
-                proc.undecoded += 1
+            except (IndexError, struct.error, ValueError):  # a decoder bug: counted, never fatal
+                proc._undecoded("malformed")
             off += caplen
 
 
@@ -412,14 +290,21 @@ def _has_any_packet(pcap, path: Path) -> bool:
         pcap.pcap_close(handle)
 
 
-def _fill(result: CaptureResult, proc: Processor, policy: Policy, local: set[str], live: bool = False) -> None:
+def _fill(
+    result: CaptureResult,
+    proc: Processor,
+    policy: Policy,
+    local: set[str],
+    live: bool = False,
+    gone: dict[int, str] | None = None,
+) -> None:
     names = {}
     for ifindex in {i for st in proc.table.flows.values() for i in st.interfaces}:
         # Interface names only mean something on the machine that captured: offline, keep the index.
         try:
             names[ifindex] = socket.if_indextoname(ifindex) if live else f"ifindex {ifindex}"
-        except OSError:
-            names[ifindex] = f"ifindex {ifindex}"
+        except OSError:  # deleted during the capture: its name from rtnetlink, if it was read
+            names[ifindex] = (gone or {}).get(ifindex) or f"ifindex {ifindex}"
     for st in proc.table.flows.values():
         st.interfaces = {names.get(i, str(i)) for i in st.interfaces}
     result.flows = finalize(proc.table, proc.book, policy.networks, local)
@@ -433,11 +318,23 @@ def _fill(result: CaptureResult, proc: Processor, policy: Policy, local: set[str
 
 def local_addresses() -> set[str]:
     """This network namespace's own addresses (traffic between them never leaves)."""
+    return _links()[0]
+
+
+def _links() -> tuple[set[str], dict[int, dict[str, Any]]]:
+    """(own addresses, ifindex -> {name, mac, mtu}) of this network namespace."""
     try:
         out = subprocess.run(["ip", "-j", "addr", "show"], capture_output=True, text=True, check=True).stdout
-        return {a["local"] for link in json.loads(out) for a in link.get("addr_info", []) if "local" in a}
-    except (OSError, subprocess.CalledProcessError, ValueError, KeyError):
-        return set()
+        links = json.loads(out)
+        addrs = {a["local"] for link in links for a in link.get("addr_info", []) if "local" in a}
+        info = {
+            int(link["ifindex"]): {"name": link.get("ifname"), "mac": link.get("address"), "mtu": link.get("mtu")}
+            for link in links
+            if "ifindex" in link
+        }
+        return addrs, info
+    except (OSError, subprocess.CalledProcessError, ValueError, KeyError, TypeError):
+        return set(), {}
 
 
 def interface_counters(proc_net_dev: Path = Path("/proc/net/dev")) -> dict[str, dict[str, int]]:
@@ -466,6 +363,72 @@ def interface_counters(proc_net_dev: Path = Path("/proc/net/dev")) -> dict[str, 
     return out
 
 
+class LinkWatch:
+    """Interfaces that appear or vanish during the capture, from rtnetlink's link group.
+
+    The kernel's RTM_DELLINK message carries the interface's last counters (IFLA_STATS64), so one
+    created and deleted between two reads of /proc/net/dev still shows what it sent."""
+
+    RTMGRP_LINK, RTM_NEWLINK, RTM_DELLINK, IFLA_IFNAME, IFLA_STATS64 = 1, 16, 17, 3, 23
+
+    def __init__(self) -> None:
+        self.appeared: dict[int, str] = {}
+        self.vanished: dict[int, tuple[str, int]] = {}  # ifindex -> (name, tx_packets at the end)
+        self.overflowed = False
+        self.error: str | None = None
+        try:
+            self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK, socket.NETLINK_ROUTE)
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            self.sock.bind((0, self.RTMGRP_LINK))
+        except OSError as err:
+            self.sock = None
+            self.error = f"cannot watch for new interfaces (rtnetlink: {err.strerror or err})"
+
+    def poll(self) -> None:
+        while self.sock is not None:
+            try:
+                buf = self.sock.recv(1 << 16)
+            except BlockingIOError:
+                return
+            except OSError as err:
+                if err.errno == errno.ENOBUFS:  # events were lost: what they said is unknown
+                    self.overflowed = True
+                    continue
+                self.error = f"rtnetlink read failed: {err.strerror or err}"
+                return
+            self._parse(buf)
+
+    def _parse(self, buf: bytes) -> None:
+        off = 0
+        while off + 32 <= len(buf):
+            mlen, mtype = struct.unpack_from("=IH", buf, off)
+            if mlen < 16 or off + mlen > len(buf):
+                return
+            if mtype in (self.RTM_NEWLINK, self.RTM_DELLINK):
+                ifindex = struct.unpack_from("=i", buf, off + 20)[0]
+                name, tx = f"ifindex {ifindex}", None
+                p, end = off + 32, off + mlen
+                while p + 4 <= end:
+                    alen, atype = struct.unpack_from("=HH", buf, p)
+                    if alen < 4:
+                        break
+                    if atype == self.IFLA_IFNAME:
+                        name = buf[p + 4 : p + alen].split(b"\0", 1)[0].decode(errors="replace")
+                    elif atype == self.IFLA_STATS64 and alen >= 4 + 16:
+                        tx = struct.unpack_from("=Q", buf, p + 4 + 8)[0]
+                    p += (alen + 3) & ~3
+                if mtype == self.RTM_NEWLINK:
+                    self.appeared.setdefault(ifindex, name)
+                else:
+                    self.vanished[ifindex] = (name, tx or 0)
+            off += (mlen + 3) & ~3
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
 def live_capture(
     policy: Policy,
     duration: float | None,
@@ -480,12 +443,12 @@ def live_capture(
 ) -> CaptureResult:
     """Capture for ``duration`` seconds (None: until Ctrl-C or ``stop``) and audit what passed."""
     pcap = load_libpcap()
-    local = local_addresses()
+    local, links = _links()
     receiver = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     receiver.bind(("127.0.0.1", 0))
     probe_port = receiver.getsockname()[1]
     nonce = b"toolkit-audit-probe-" + secrets.token_hex(16).encode()
-    expr = compile_filter(policy, local, probe_port)
+    expr = candidate_filter(policy, local, probe_port)
     result = CaptureResult("live", interface, expr)
     errbuf = ctypes.create_string_buffer(pcap.PCAP_ERRBUF_SIZE)
     handle = pcap.pcap_create(interface.encode(), errbuf)
@@ -493,6 +456,7 @@ def live_capture(
         receiver.close()
         raise CaptureUnavailable(f"cannot open {interface}: {errbuf.value.decode(errors='replace')}")
     attributor = Attributor(user_names=user_names) if attribute else None
+    watch = LinkWatch()
     try:
         pcap.pcap_set_snaplen(handle, 65535)
         pcap.pcap_set_promisc(handle, 0)
@@ -510,11 +474,23 @@ def live_capture(
         if interface == "any":
             pcap.pcap_set_datalink(handle, DLT_LINUX_SLL2)  # carries the ifindex; SLL if refused
         dlt = pcap.pcap_datalink(handle)
+        own_ifindex = next((i for i, x in links.items() if x["name"] == interface), -1)
+        counting = dlt == DLT_LINUX_SLL2 or (dlt == DLT_EN10MB and own_ifindex >= 0)
+        if counting and not policy.loopback_only:
+            # Allowed packets are filtered out, yet they must be counted against the interface
+            # counters: let every packet this host sends beyond lo through, to be counted and
+            # dropped in Python. (Under loopback-only every such packet is a candidate anyway.)
+            mac = links.get(own_ifindex, {}).get("mac")
+            extra = "(outbound and not ifindex 1)" if dlt == DLT_LINUX_SLL2 else f"(ether src {mac})"
+            expr = result.bpf_filter = f"({expr}) or {extra}"
         _compile(pcap, handle, expr)
         if pcap.pcap_setnonblock(handle, 1, errbuf) != 0:
             raise CaptureUnavailable(f"cannot make the capture non-blocking: {errbuf.value.decode(errors='replace')}")
         fd = pcap.pcap_get_selectable_fd(handle)
-        proc = Processor(dlt, (probe_port, nonce))
+        proc = Processor(dlt, (probe_port, nonce), allowed=policy.networks, local=local)
+        if dlt == DLT_EN10MB and own_ifindex >= 0 and links[own_ifindex].get("mac"):
+            proc.own_macs = {bytes.fromhex(links[own_ifindex]["mac"].replace(":", ""))}
+            proc.own_ifindex = own_ifindex
         if attributor is not None:
             attributor.start()
             proc.on_new_flow = _attribution_hook(attributor, local, policy)
@@ -540,6 +516,7 @@ def live_capture(
 
         def done() -> bool:
             now = time.monotonic()
+            watch.poll()
             if progress is not None and now - last_progress[0] >= 1.0:
                 last_progress[0] = now
                 progress(now - started, proc.packets)
@@ -553,6 +530,7 @@ def live_capture(
         except KeyboardInterrupt:
             interrupted = True
         counters_end = interface_counters()
+        watch.poll()
         seen_before_end = proc.probes_seen
         if not probe_until_seen(seen_before_end):
             result.problems.append("the capture did not see its own end probe: it was not live to the end")
@@ -562,8 +540,10 @@ def live_capture(
     finally:
         pcap.pcap_close(handle)
         receiver.close()
+        watch.close()
         if attributor is not None:
             attributor.stop()
+    proc.finish()
     elapsed = time.monotonic() - started
     drops = {"kernel_dropped": stats.ps_drop, "interface_dropped": stats.ps_ifdrop} if have_stats else {}
     if not have_stats:
@@ -572,47 +552,108 @@ def live_capture(
         result.problems.append(
             f"the kernel dropped {stats.ps_drop} packet(s) (interface: {stats.ps_ifdrop}): what was lost is unknown"
         )
-    sent = {
-        name: c["tx_packets"] - counters_start[name]["tx_packets"]
-        for name, c in counters_end.items()
-        if name in counters_start
-    }
-    seen_out = {name: proc.out_by_ifindex.get(c["ifindex"], 0) for name, c in counters_end.items()}
-    if dlt == DLT_LINUX_SLL2 and policy.loopback_only:
-        blind = blind_interfaces(sent, seen_out)
-        if blind:
-            result.problems.append(
-                "interface(s) sent packets the capture never saw: " + ", ".join(f"{n} sent {sent[n]}" for n in blind)
+    table = sent_vs_seen(counters_start, counters_end, watch, proc.out_by_ifindex if counting else None)
+    sent = {row["interface"]: row["sent"] for row in table}
+    seen_out = {row["interface"]: row["seen"] for row in table}
+    blind = [row for row in table if row["blind"]]
+    if blind:
+        result.problems.append(
+            "interface(s) sent more packets than the capture saw (tolerance "
+            f"{SENT_SEEN_TOLERANCE}): "
+            + ", ".join(
+                f"{r['interface']} sent {r['sent']}, seen {'uncounted' if r['seen'] is None else r['seen']}"
+                + (" (appeared during the capture)" if r["appeared"] else "")
+                + (" (vanished during the capture)" if r["vanished"] else "")
+                for r in blind
             )
+        )
+    if watch.error or watch.overflowed:
+        result.problems.append(watch.error or "interface events were lost (rtnetlink overflow): new interfaces unknown")
+    _decode_problems(result, proc)
     result.stats = {
         "datalink": dlt,
         "interface": interface,
         "started": wall_start,
         "seconds": round(elapsed, 3),
         "interrupted": interrupted,
-        "candidate_packets": proc.packets - proc.probes_seen,
+        "candidate_packets": proc.packets - proc.probes_seen - proc.allowed_packets,
         "probes_seen": proc.probes_seen,
         "probe_port": probe_port,
         "undecoded": proc.undecoded,
+        "undecoded_kinds": dict(sorted(proc.undecoded_kinds.items())),
+        "short_packets": proc.short,
         **drops,
         "interfaces_sent_packets": sent,
-        "interfaces_seen_sending": seen_out if dlt == DLT_LINUX_SLL2 else None,
+        "interfaces_seen_sending": seen_out if counting else None,
+        "sent_vs_seen": table,
+        "sent_seen_tolerance": SENT_SEEN_TOLERANCE,
         "local_addresses": sorted(local),
     }
-    _fill(result, proc, policy, local, live=True)
+    gone = {**watch.appeared, **{i: name for i, (name, _) in watch.vanished.items()}}
+    _fill(result, proc, policy, local, live=True, gone=gone)
     if attributor is not None:
         result.attribution = attributor.stats()
     return result
 
 
-def blind_interfaces(sent: dict[str, int], seen_out: dict[str, int]) -> list[str]:
-    """Interfaces that sent packets (kernel counters) of which the capture saw none (pure).
-    Only meaningful under a loopback-only policy, where every such packet is a candidate."""
-    # lo is allowed traffic; ifb devices re-inject tc-shaped traffic without passing packet taps.
+def sent_vs_seen(
+    start: dict[str, dict[str, int]],
+    end: dict[str, dict[str, int]],
+    watch: LinkWatch | None,
+    seen_by_ifindex: dict[int, int] | None,
+) -> list[dict[str, Any]]:
+    """Per interface: packets the kernel counted as sent during the capture and packets the
+    capture saw it send (None: this capture cannot tell interfaces apart), and whether that gap
+    makes the capture blind there (pure but for the LinkWatch record it reads)."""
+    by_index_start = {c["ifindex"]: c["tx_packets"] for c in start.values()}
+    rows: dict[int, dict[str, Any]] = {}
+    appeared = watch.appeared if watch is not None else {}
+    vanished = watch.vanished if watch is not None else {}
+    for name, c in end.items():
+        i = c["ifindex"]
+        new = i not in by_index_start
+        rows[i] = {
+            "interface": name,
+            "ifindex": i,
+            "sent": c["tx_packets"] - by_index_start.get(i, 0),
+            "appeared": new or i in appeared,
+            "vanished": False,
+        }
+    for i, (name, tx) in vanished.items():
+        if i in rows:
+            continue
+        rows[i] = {
+            "interface": name,
+            "ifindex": i,
+            "sent": max(0, tx - by_index_start.get(i, 0)),
+            "appeared": i not in by_index_start,
+            "vanished": True,
+        }
+    for i in by_index_start:
+        if i not in rows:  # gone, and its RTM_DELLINK was not read: what it sent is unknown
+            name = next(n for n, c in start.items() if c["ifindex"] == i)
+            rows[i] = {"interface": name, "ifindex": i, "sent": None, "appeared": False, "vanished": True}
+    out = []
+    for i, row in sorted(rows.items()):
+        seen = None if seen_by_ifindex is None else seen_by_ifindex.get(i, 0)
+        row["seen"] = seen
+        name = row["interface"]
+        exempt = name == "lo" or name.startswith("ifb")
+        row["blind"] = not exempt and (
+            row["sent"] is None or (row["sent"] > 0 and (seen is None or row["sent"] - seen > SENT_SEEN_TOLERANCE))
+        )
+        out.append(row)
+    return out
+
+
+def blind_interfaces(sent: dict[str, int], seen_out: dict[str, int], tolerance: int = SENT_SEEN_TOLERANCE) -> list[str]:
+    """Interfaces that sent more packets (kernel counters) than the capture saw them send, by more
+    than ``tolerance`` (pure). lo carries allowed traffic only; ifb devices re-inject tc-shaped
+    traffic without passing packet taps."""
     return [
         n
         for n, s in sorted(sent.items())
-        if n != "lo" and not n.startswith("ifb") and s > 0 and seen_out.get(n, 0) == 0
+        if n != "lo" and not n.startswith("ifb") and s - seen_out.get(n, 0) > tolerance
     ]
 
 

@@ -40,6 +40,9 @@ class FlowState:
     tags: set[str] = field(default_factory=set)
     interfaces: set[str] = field(default_factory=set)
     attribution: dict[str, Any] | None = None
+    tunnel: str | None = None  # "gre 192.0.2.1 > 203.0.113.5": the outer flow that carried it
+    icmp_errors: int = 0  # ICMP errors that quoted this flow's packets
+    streams: dict | None = None  # TCP bytes kept per sender while a name may still come
 
 
 @dataclass
@@ -64,6 +67,8 @@ class Flow:
     quic: bool
     interfaces: list[str]
     process: dict[str, Any] | None = None
+    tunnel: str | None = None
+    icmp_errors: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -93,34 +98,60 @@ def _is_local(addr: str, allowed, local_addresses: set[str]) -> bool:
     return any(ip.version == n.version and ip in n for n in allowed)
 
 
+def is_group(addr: str) -> bool:
+    """A multicast or broadcast address: the destination of a packet, never a host's own end."""
+    # A subnet's directed broadcast cannot be told from a host without the netmask: not guessed.
+    return addr == "255.255.255.255" or ipaddress.ip_address(addr).is_multicast
+
+
 def finalize(table: FlowTable, book: NameBook, allowed=(), local_addresses: set[str] | None = None) -> list[Flow]:
     """Turn flow states into findings: pick the local end, infer direction, attach every name."""
     local_addresses = local_addresses or set()
     # Offline the host's addresses are unknown: the capture's vantage point is the address that
     # takes part in the most flows, so it is taken as local where a flow has no other clue.
+    local_cache: dict[str, bool] = {}
+
+    def local(addr: str) -> bool:
+        hit = local_cache.get(addr)
+        if hit is None:
+            hit = local_cache[addr] = _is_local(addr, allowed, local_addresses)
+        return hit
+
+    # Both ends allowed: not egress (the packet filter passed it only because it could not read
+    # the addresses under an encapsulation, or it was read without the filter).
+    flows = [st for st in table.flows.values() if not (local(st.a[0]) and local(st.b[0]))]
     seen_in: Counter = Counter()
-    for st in table.flows.values():
+    for st in flows:
         seen_in[st.a[0]] += 1
         seen_in[st.b[0]] += 1
     out: list[Flow] = []
-    for st in table.flows.values():
-        a_local = _is_local(st.a[0], allowed, local_addresses)
-        b_local = _is_local(st.b[0], allowed, local_addresses)
+    for st in flows:
+        a_local = local(st.a[0])
+        b_local = local(st.b[0])
         evidence = st.evidence
-        if a_local != b_local:
-            local, remote = (st.a, st.b) if a_local else (st.b, st.a)
+        a_group, b_group = is_group(st.a[0]), is_group(st.b[0])
+        if a_group != b_group:
+            # A group address is where a packet goes, never the host's own end.
+            local_end, remote = (st.b, st.a) if a_group else (st.a, st.b)
+            if st.opener is None:
+                st.opener, evidence = local_end, "group-destination"
+        elif a_local != b_local:
+            local_end, remote = (st.a, st.b) if a_local else (st.b, st.a)
         elif not local_addresses and seen_in[st.a[0]] != seen_in[st.b[0]]:
-            local, remote = (st.a, st.b) if seen_in[st.a[0]] > seen_in[st.b[0]] else (st.b, st.a)
+            local_end, remote = (st.a, st.b) if seen_in[st.a[0]] > seen_in[st.b[0]] else (st.b, st.a)
         elif st.opener is not None:
-            local = st.opener
+            local_end = st.opener
             remote = st.b if st.opener == st.a else st.a
+            if st.evidence in ("llmnr-response", "mdns-response"):
+                # A responder answering a query the host sent to a group: the host is the asker.
+                local_end, remote = remote, local_end
         else:
             # Neither end known and no opener seen: the well-known (lower) port is the server's.
-            local, remote = (st.a, st.b) if st.a[1] >= st.b[1] else (st.b, st.a)
+            local_end, remote = (st.a, st.b) if st.a[1] >= st.b[1] else (st.b, st.a)
         if st.opener is not None:
-            direction = "outbound" if st.opener == local else "inbound"
-        elif st.proto in (6, 17) and local[1] != remote[1] and min(local[1], remote[1]) < 1024:
-            direction = "outbound" if remote[1] < local[1] else "inbound"
+            direction = "outbound" if st.opener == local_end else "inbound"
+        elif st.proto in (6, 17) and local_end[1] != remote[1] and min(local_end[1], remote[1]) < 1024:
+            direction = "outbound" if remote[1] < local_end[1] else "inbound"
             evidence = "port-heuristic"
         else:
             direction, evidence = "unknown", "none"
@@ -132,8 +163,8 @@ def finalize(table: FlowTable, book: NameBook, allowed=(), local_addresses: set[
         out.append(
             Flow(
                 protocol=proto,
-                local_address=local[0],
-                local_port=local[1],
+                local_address=local_end[0],
+                local_port=local_end[1],
                 remote_address=remote[0],
                 remote_port=remote[1],
                 direction=direction,
@@ -149,6 +180,8 @@ def finalize(table: FlowTable, book: NameBook, allowed=(), local_addresses: set[
                 quic=quic,
                 interfaces=sorted(st.interfaces),
                 process=st.attribution,
+                tunnel=st.tunnel,
+                icmp_errors=st.icmp_errors,
             )
         )
     out.sort(key=lambda f: (f.first_seen, f.remote_address, f.remote_port))
