@@ -539,3 +539,8 @@ def test_tier_table_ports_are_the_stack_ports_and_families_are_known():
     for key, m in TIERS["models"].items():
         assert m["family"] in TIERS["families"], key
         assert m["licence"], key
+
+
+def test_tensor_parallel_override_joins_the_asked_gpus():
+    c = plan_for("4x-h100-80gb", {"chat": {"tensor_parallel_size": 4}})["services"]["chat"]
+    assert (c["tensor_parallel_size"], c["gpus"], c["env"]["CUDA_VISIBLE_DEVICES"]) == (4, [0, 1, 2, 3], "0,1,2,3")

@@ -526,6 +526,7 @@ def _embed(table: dict, ov: dict, runtime: str) -> dict:
         ]
         if out["revision"]:
             out["args"] += ["--revision", out["revision"]]
+        out["args"] += ["--custom-histogram-buckets", json.dumps(table["histogram_buckets"], separators=(",", ":"))]
         out["entrypoint"] = list(ENTRYPOINT[runtime])
         out["argv"] = out["entrypoint"] + out["args"]
         env = dict(TELEMETRY_ENV, **LOOPBACK_ENV)
@@ -720,6 +721,8 @@ def _gpu_plan(facts: dict, gpus: list[dict], table: dict, ov: dict, reasons: lis
                 for tp in TP_SIZES:
                     if tp > len(pool):
                         break
+                    if chat_ov.get("tensor_parallel_size") and tp != int(chat_ov["tensor_parallel_size"]):
+                        continue
                     group = pool[:tp]
                     spare = pool[tp:] + rest
                     home, reserve = None, 0.0
