@@ -341,3 +341,10 @@ def test_gpu_facts_module_fails_cleanly_on_impossible_override():
 def test_cli_unknown_option_is_a_usage_error_not_a_traceback():
     r = run_cli("plan", "--bogus")
     assert r.returncode == 2 and "No such option: --bogus" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gpu_facts_module_says_not_supported_for_an_amd_inventory():
+    rc, res = run_module(
+        {"tiers": TIERS_ARG, "gpus": "{{ lookup('file', 'tests/data/gpus/amd-mi300x.json') | from_json }}"}
+    )
+    assert rc != 0 and res["msg"].startswith("not supported: gpus[0] (AMD Instinct MI300X")

@@ -544,3 +544,15 @@ def test_tier_table_ports_are_the_stack_ports_and_families_are_known():
 def test_tensor_parallel_override_joins_the_asked_gpus():
     c = plan_for("4x-h100-80gb", {"chat": {"tensor_parallel_size": 4}})["services"]["chat"]
     assert (c["tensor_parallel_size"], c["gpus"], c["env"]["CUDA_VISIBLE_DEVICES"]) == (4, [0, 1, 2, 3], "0,1,2,3")
+
+
+def test_autocomplete_outside_the_catalogue_needs_its_share_on_a_gpu_host():
+    with pytest.raises(PlanError, match="needs overrides.autocomplete.gpu_memory_utilization"):
+        plan_for("rtx4090-24gb", {"autocomplete": {"model": "/srv/auto"}})
+    p = plan_for("rtx4090-24gb", {"autocomplete": {"model": "/srv/auto", "gpu_memory_utilization": 0.1}})
+    c, a = p["services"]["chat"], p["services"]["autocomplete"]
+    assert (a["model"], a["gpu_memory_utilization"], a["start_after"]) == ("/srv/auto", 0.1, "chat")
+    assert c["args"][c["args"].index("--gpu-memory-utilization") + 1] == f"{c['gpu_memory_utilization']:.2f}"
+    assert c["served_model_names"] == ["chat"] and c["estimate"]["full_sequences"] >= 2
+    with pytest.raises(PlanError, match="leaves chat"):
+        plan_for("rtx4090-24gb", {"autocomplete": {"model": "/srv/auto", "gpu_memory_utilization": 0.5}})

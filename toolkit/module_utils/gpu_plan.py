@@ -861,6 +861,40 @@ def _gpu_plan(facts: dict, gpus: list[dict], table: dict, ov: dict, reasons: lis
                     f"GPU(s) {', '.join(g['label'] for g in chat_group[1:])}: {auto_device:.1f} GiB stay unused beside "
                     f"chat: vLLM gives every tensor-parallel rank the same gpu_memory_utilization"
                 )
+    if auto_key == "" and not want_shared:
+        # A model outside the catalogue cannot be sized: it gets the share it is given, on its own GPU
+        # when there is one, else beside chat (taken from chat's share).
+        util = auto_ov.get("gpu_memory_utilization")
+        if not util:
+            raise PlanError(
+                "overrides.autocomplete.model is not in the catalogue: on a GPU host it needs "
+                "overrides.autocomplete.gpu_memory_utilization (or autocomplete: {shared: true})"
+            )
+        home = (pool[chat_choice["tp"] if chat_choice else 1 :] + rest or [pool[0]])[0]
+        if home in chat_group:
+            left = round(services["chat"]["gpu_memory_utilization"] - util, 2)
+            if chat_choice and left < chat_choice["min_util"]:
+                raise PlanError(
+                    f"autocomplete's gpu_memory_utilization {util} leaves chat {left:.2f}, under the "
+                    f"{chat_choice['min_util']:.2f} {chat_choice['model_key']} needs"
+                )
+            services["chat"]["gpu_memory_utilization"] = left
+            i = services["chat"]["args"].index("--gpu-memory-utilization") + 1
+            services["chat"]["args"][i] = f"{services['chat']['gpu_memory_utilization']:.2f}"
+            services["chat"]["argv"] = services["chat"]["entrypoint"] + services["chat"]["args"]
+            if services["chat"].get("estimate"):
+                _finish(services["chat"], chat_group[0]["total_gib"], limits)
+        port = int(auto_ov.get("port", ports["autocomplete"]))
+        services["autocomplete"] = _trusted(
+            "autocomplete", auto_ov, table, "cuda", port, float(util), ["autocomplete"], reasons, [home]
+        )
+        services["autocomplete"]["start_after"] = "chat" if home in chat_group else None
+        services["chat"]["served_model_names"] = ["chat"]
+        services["chat"]["served_model_name"] = "chat"
+        i = services["chat"]["args"].index("--served-model-name")
+        j = services["chat"]["args"].index("--host")
+        services["chat"]["args"][i + 1 : j] = ["chat"]
+        services["chat"]["argv"] = services["chat"]["entrypoint"] + services["chat"]["args"]
     if "autocomplete" not in services:
         services["autocomplete"] = _shared_auto(services["chat"])
 
@@ -923,17 +957,6 @@ def _start_margins(services: dict, gpus: list[dict], limits: dict, reasons: list
                 f"warning: {s['role']} would find only {margin:.2f} GiB more free memory than it asks for at start "
                 f"(needs {limits['start_margin_gib']:.1f}); free memory on its GPU(s) is short"
             )
-
-
-def verdict(plan: dict, table: dict) -> dict:
-    """Does every GPU server start under vLLM's accounting with room for the required full sequences,
-    and does each find its share free? Returns {service: (full_sequences, start_margin_gib)}."""
-    out = {}
-    for name, s in plan["services"].items():
-        e = s.get("estimate")
-        if e and s.get("gpu_memory_utilization"):
-            out[name] = (e["full_sequences"], e["start_margin_gib"])
-    return out
 
 
 def make_plan(facts: dict, table: dict, overrides: dict | None = None) -> dict:
