@@ -91,7 +91,10 @@ def plan_cmd(
     console.print("[bold]Why[/bold]")
     for r in result["reasons"]:
         console.print(f"  - {r}", highlight=False)
-    console.print("[bold]Command lines (exactly what each unit runs, from the vLLM venv's bin/)[/bold]")
+    console.print(
+        "[bold]Command lines[/bold] (each unit's ExecStart, from the vLLM venv's bin/; the unit adds "
+        "HF_HOME, HOME and VLLM_API_KEY from its key file to this env)"
+    )
     for name in result.get("start_order", []):
         s = result["services"][name]
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(s.get("env", {}).items()))
