@@ -41,7 +41,7 @@ ansible_facts:
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
 from ansible.module_utils.gpu_detect import detect  # noqa: E402
-from ansible.module_utils.gpu_plan import PlanError, make_plan  # noqa: E402
+from ansible.module_utils.gpu_plan import PlanError, UnsupportedGPU, make_plan  # noqa: E402
 
 
 def main() -> None:
@@ -56,6 +56,8 @@ def main() -> None:
     facts = module.params["gpus"] or detect()
     try:
         plan = make_plan(facts, module.params["tiers"], module.params["overrides"])
+    except UnsupportedGPU as err:
+        module.fail_json(msg=f"not supported: {err}", toolkit_gpu=facts)
     except PlanError as err:
         module.fail_json(msg=f"cannot plan this host: {err}", toolkit_gpu=facts)
     if facts.get("status") == "driver-needed":

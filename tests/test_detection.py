@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,63 @@ def fake_nvml(gpus=None, fail=None, fail_at="init"):
         nvmlDeviceGetName=lambda h: g[h][0].encode(),
         nvmlDeviceGetUUID=lambda h: f"GPU-{h}",
     )
+
+
+def fake_mig_nvml():
+    """A pynvml stand-in for one H100 in MIG mode with two instances (slot 1 empty): the parent's handle
+    is 0, instance handles are ("mig", slot). Same function names and argument order as pynvml."""
+    instances = {
+        0: ("NVIDIA H100 80GB HBM3 MIG 3g.40gb", 42278584320),
+        2: ("NVIDIA H100 80GB HBM3 MIG 2g.20gb", 21072183296),
+    }
+
+    def mig_handle(h, j):
+        if j not in instances:
+            raise NVMLError("NotFound")
+        return ("mig", j)
+
+    def mem(h):
+        if isinstance(h, tuple):
+            total = instances[h[1]][1]
+            return SimpleNamespace(total=total, free=total - 50331648)
+        raise AssertionError("the parent's memory must not be read in MIG mode")
+
+    return SimpleNamespace(
+        NVMLError=NVMLError,
+        NVML_DEVICE_MIG_ENABLE=1,
+        nvmlInit=lambda: None,
+        nvmlShutdown=lambda: None,
+        nvmlSystemGetDriverVersion=lambda: "570.124.06",
+        nvmlSystemGetCudaDriverVersion=lambda: 12080,
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: 0,
+        nvmlDeviceGetCudaComputeCapability=lambda h: (9, 0),
+        nvmlDeviceGetPciInfo=lambda h: SimpleNamespace(busId=b"00000000:01:00.0"),
+        nvmlDeviceGetName=lambda h: (instances[h[1]][0] if isinstance(h, tuple) else "NVIDIA H100 80GB HBM3").encode(),
+        nvmlDeviceGetUUID=lambda h: f"MIG-instance-{h[1]}" if isinstance(h, tuple) else "GPU-parent",
+        nvmlDeviceGetMigMode=lambda h: (1, 1),
+        nvmlDeviceGetMaxMigDeviceCount=lambda h: 7,
+        nvmlDeviceGetMigDeviceHandleByIndex=mig_handle,
+        nvmlDeviceGetMemoryInfo=mem,
+    )
+
+
+def test_detect_lists_mig_instances_with_their_own_memory(tmp_path):
+    r = detect(nvml=fake_mig_nvml(), run=no_smi, sysfs_root=sysfs(tmp_path, {}))
+    assert r["status"] == "ok"
+    assert [(g["index"], g["uuid"], g["mig_profile"], g["memory_total_bytes"]) for g in r["gpus"]] == [
+        (0, "MIG-instance-0", "3g.40gb", 42278584320),
+        (0, "MIG-instance-2", "2g.20gb", 21072183296),
+    ]
+    assert all(g["mig"] and g["parent_uuid"] == "GPU-parent" for g in r["gpus"])
+    # The planner takes the larger instance and names it by its MIG UUID.
+    import yaml
+
+    from toolkit.module_utils.gpu_plan import make_plan
+
+    tiers = yaml.safe_load((REPO / "toolkit/data/tiers.yaml").read_text())
+    chat = make_plan(r, tiers)["services"]["chat"]
+    assert chat["env"]["CUDA_VISIBLE_DEVICES"] == "MIG-instance-0"
 
 
 def sysfs(tmp_path: Path, devices: dict) -> str:
@@ -157,12 +215,34 @@ def test_cli_plan_json_for_recorded_inventory():
     r = run_cli("plan", "--gpus", "tests/data/gpus/h100-80gb.json", "--json")
     assert r.returncode == 0, r.stderr
     p = json.loads(r.stdout)
-    assert p["services"]["chat"]["model"] == "Qwen/Qwen2.5-Coder-32B-Instruct"
+    assert p["services"]["chat"]["model"] == "Qwen/Qwen3-Coder-30B-A3B-Instruct-FP8"
 
 
-def test_cli_plan_text_explains_choices():
+def test_cli_plan_text_shows_the_final_command_lines_and_why():
+    r = run_cli("plan", "--gpus", "tests/data/gpus/rtx4090-24gb.json", "--json")
+    plan = json.loads(r.stdout)
     r = run_cli("plan", "--gpus", "tests/data/gpus/rtx4090-24gb.json")
-    assert r.returncode == 0 and "codellama-70b does not fit" in r.stdout and "--gpu-memory-utilization" in r.stdout
+    assert r.returncode == 0 and "qwen2.5-coder-32b does not fit" in r.stdout
+    for name in ("chat", "autocomplete"):
+        assert shlex.join(plan["services"][name]["argv"]) in r.stdout
+    assert "(starts after chat answers /health)" in r.stdout
+
+
+@pytest.mark.parametrize("inv", ["amd-mi300x", "intel-arc-a770"])
+def test_cli_plan_for_amd_or_intel_is_one_line_not_supported_exit_3(inv):
+    r = run_cli("plan", "--gpus", f"tests/data/gpus/{inv}.json")
+    assert r.returncode == 3 and "not supported" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_plan_for_malformed_gpu_field_is_one_line_exit_2(tmp_path):
+    facts = json.loads((REPO / "tests/data/gpus/rtx4090-24gb.json").read_text())
+    facts["gpus"][0]["memory_total_bytes"] = "24 GB"
+    bad = tmp_path / "gpus.json"
+    bad.write_text(json.dumps(facts))
+    r = run_cli("plan", "--gpus", str(bad))
+    assert r.returncode == 2 and "memory_total_bytes must be a whole number" in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(
@@ -261,3 +341,10 @@ def test_gpu_facts_module_fails_cleanly_on_impossible_override():
 def test_cli_unknown_option_is_a_usage_error_not_a_traceback():
     r = run_cli("plan", "--bogus")
     assert r.returncode == 2 and "No such option: --bogus" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_gpu_facts_module_says_not_supported_for_an_amd_inventory():
+    rc, res = run_module(
+        {"tiers": TIERS_ARG, "gpus": "{{ lookup('file', 'tests/data/gpus/amd-mi300x.json') | from_json }}"}
+    )
+    assert rc != 0 and res["msg"].startswith("not supported: gpus[0] (AMD Instinct MI300X")

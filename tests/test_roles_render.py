@@ -73,7 +73,7 @@ def test_gpu_plan_gives_one_unit_per_server_with_the_plan_args_on_loopback(tmp_p
     assert set(units) == expected and "vllm-chat" in units
     chat = units["vllm-chat"]
     line = exec_start(chat)
-    assert line.startswith("ExecStart=/opt/vllm/venv/bin/python -m vllm.entrypoints.openai.api_server ")
+    assert line.startswith("ExecStart=/opt/vllm/venv/bin/vllm 'serve' ")
     for arg in plan["services"]["chat"]["args"]:
         assert f"'{arg}'" in line
     assert "'--host' '127.0.0.1'" in line
@@ -92,6 +92,36 @@ def test_gpu_plan_gives_one_unit_per_server_with_the_plan_args_on_loopback(tmp_p
         "IPAddressAllow=localhost",
     ):
         assert hard in chat.splitlines()
+
+
+def systemd_words(line: str) -> list[str]:
+    """ExecStart's words as systemd reads them (single-quoted words, %% and $$ undoubled)."""
+    import shlex
+
+    return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line.split("=", 1)[1])]
+
+
+@pytest.mark.parametrize("inv", ["rtx4090-24gb", "no-gpu"])
+def test_unit_exec_start_is_exactly_the_plan_argv(tmp_path, inv):
+    """The unit is the plan: ExecStart = the venv's bin/ + the plan's argv, with nothing added."""
+    facts = json.loads((REPO / f"tests/data/gpus/{inv}.json").read_text())
+    plan = make_plan(facts, TIERS, {})
+    units = render_vllm_units(tmp_path, plan)
+    for name in plan["start_order"]:
+        argv = plan["services"][name]["argv"]
+        words = systemd_words(exec_start(units[f"vllm-{name}"]))
+        assert words == [f"/opt/vllm/venv/bin/{argv[0]}", *argv[1:]], name
+
+
+def test_second_server_on_a_shared_gpu_is_ordered_after_the_first(tmp_path):
+    facts = json.loads((REPO / "tests/data/gpus/rtx4090-24gb.json").read_text())
+    plan = make_plan(facts, TIERS, {})
+    assert plan["services"]["autocomplete"]["start_after"] == "chat"
+    units = render_vllm_units(tmp_path, plan)
+    auto = units["vllm-autocomplete"].splitlines()
+    assert "After=network-online.target vllm-chat.service" in auto and "Requires=vllm-chat.service" in auto
+    assert not any(line.startswith("Requires=") for line in units["vllm-chat"].splitlines())
+    assert "Environment='CUDA_DEVICE_ORDER=PCI_BUS_ID'" in units["vllm-chat"]
 
 
 def test_autocomplete_on_its_own_gpu_gets_cuda_visible_devices(tmp_path):
@@ -114,7 +144,8 @@ def test_container_method_unit_runs_the_pinned_image_on_the_host_network_with_th
         "ExecStart=/usr/bin/podman run --rm --name vllm-chat --network host --ipc host "
         "--device nvidia.com/gpu=all --env-file /etc/vllm/api-key.env "
     )
-    assert " docker.io/vllm/vllm-openai:v0.32.0 '--model' " in line
+    # The image's entry point is `vllm serve`: it gets the plan's arguments after it.
+    assert f" docker.io/vllm/vllm-openai:v0.32.0 '{plan['services']['chat']['model']}' " in line
     assert "User=vllm" not in units["vllm-chat"]
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import yaml
 
-from toolkit.errors import UsageError
-from toolkit.module_utils.gpu_plan import PlanError, make_plan
+from toolkit.errors import EnvironmentProblem, UsageError
+from toolkit.module_utils.gpu_plan import PlanError, UnsupportedGPU, check_gpus, make_plan
 
 TIERS_FILE = Path(str(resources.files("toolkit") / "data" / "tiers.yaml"))
 
@@ -41,15 +41,23 @@ def _load_mapping(path: Path, what: str) -> dict:
 
 
 def load_gpu_inventory(path: Path) -> dict:
-    """A recorded `toolkit detect --json` result."""
+    """A recorded `toolkit detect --json` result, its GPU fields checked (exit 2 malformed, 3 not NVIDIA)."""
     data = _load_mapping(path, "GPU inventory")
     gpus = data.get("gpus")
     if not isinstance(gpus, list):
         raise UsageError(f"GPU inventory {path} has no 'gpus' list (save one with `toolkit detect --json`)")
     for i, g in enumerate(gpus):
+        if not isinstance(g, dict):
+            raise UsageError(f"GPU inventory {path}: gpus[{i}] must be a mapping")
         missing = {"index", "name", "memory_total_bytes", "compute_capability"} - set(g)
         if missing:
             raise UsageError(f"GPU inventory {path}: gpus[{i}] lacks {', '.join(sorted(missing))}")
+    try:
+        check_gpus(data)
+    except UnsupportedGPU as err:
+        raise EnvironmentProblem(f"not supported: GPU inventory {path}: {err}") from None
+    except PlanError as err:
+        raise UsageError(f"GPU inventory {path}: {err}") from None
     return data
 
 
@@ -84,5 +92,7 @@ def overrides_from_inventory(inventory: Path, host: str) -> dict:
 def plan(facts: dict, overrides: dict | None = None) -> dict:
     try:
         return make_plan(facts, load_tiers(), overrides or {})
+    except UnsupportedGPU as err:
+        raise EnvironmentProblem(f"not supported: {err}") from None
     except PlanError as err:
         raise UsageError(f"cannot plan: {err}") from None

@@ -35,10 +35,14 @@ def plan_cmd(
 ) -> None:
     """Choose the chat, autocomplete and embedding models, quantization, vLLM serve arguments and ports.
 
-    Every choice is checked: weights plus the KV cache for the context must fit in
-    gpu_memory_utilization x VRAM; otherwise the planner steps down (smaller model, shorter
-    context, stronger quantization) and says why. A CPU-only machine gets the CPU tier.
-    Exit 2 when the overrides are malformed or ask for something that cannot fit.
+    Every choice is checked against vLLM's own start-up accounting: weights, the profile run's
+    activation or sampler peak, non-torch memory and CUDA graphs inside gpu_memory_utilization, a
+    CUDA context per process outside it, and KV room for two full-length sequences; all servers
+    of a GPU within its free memory. Otherwise the planner steps down (smaller model, shorter
+    context, stronger quantization) and says why. A CPU-only machine gets the CPU tier. The
+    command lines printed are exactly the units' ExecStart (after the venv's bin/).
+    Exit 2 when the overrides or the GPU inventory are malformed or ask for something that cannot
+    fit, 3 when the GPU is not an NVIDIA CUDA one (AMD, Intel).
     """
     if (inventory is None) != (host is None):
         raise typer.BadParameter("--inventory and --host go together")
@@ -55,12 +59,20 @@ def plan_cmd(
     console = Console()
     gpu_line = ", ".join(result["gpu_names"]) or "no GPU"
     console.print(f"[bold]tier {result['tier']}[/bold] ({result['runtime']}, {result['gpu_count']} GPU: {gpu_line})")
-    t = Table("service", "model", "quant.", "context", "port", "GPU mem.", "estimate")
+    t = Table("service", "model", "quant.", "context", "port", "GPU", "GPU mem.", "KV room", "start margin")
     t.columns[1].overflow = "fold"
     for name, s in result["services"].items():
         if s.get("shared_with"):
             t.add_row(
-                name, f"(served by the {s['shared_with']} server)", "", str(s["max_model_len"]), str(s["port"]), "", ""
+                name,
+                f"(served by the {s['shared_with']} server)",
+                "",
+                str(s["max_model_len"]),
+                str(s["port"]),
+                "",
+                "",
+                "",
+                "",
             )
             continue
         est = s.get("estimate") or {}
@@ -68,19 +80,28 @@ def plan_cmd(
             name,
             s["model"],
             str(s.get("quantization_label") or s.get("quantization") or "-"),
-            str(s.get("max_model_len", s.get("dimensions", "")) if name != "embed" else f"{s['dimensions']} dims"),
+            str(s.get("max_model_len", "")) if name != "embed" else f"{s['dimensions']} dims",
             str(s["port"]),
+            ",".join(str(i) for i in s.get("gpus", [])) or "-",
             f"{s['gpu_memory_utilization']:.2f}" if s.get("gpu_memory_utilization") else "-",
-            f"{est['total_gib']:.1f} GiB" if est else "-",
+            f"{est['full_sequences']:.1f} seq." if "full_sequences" in est else "-",
+            f"{est['start_margin_gib']:.2f} GiB" if "start_margin_gib" in est else "-",
         )
     console.print(t)
     console.print("[bold]Why[/bold]")
     for r in result["reasons"]:
-        console.print(f"  - {r}")
-    console.print("[bold]vLLM serve arguments[/bold]")
-    for name, s in result["services"].items():
-        if "args" in s:
-            console.print(f"  {name}: {shlex.join(s['args'])}", soft_wrap=True, highlight=False)
+        console.print(f"  - {r}", highlight=False)
+    console.print(
+        "[bold]Command lines[/bold] (each unit's ExecStart, from the vLLM venv's bin/; the unit adds "
+        "HF_HOME, HOME and VLLM_API_KEY from its key file to this env)"
+    )
+    for name in result.get("start_order", []):
+        s = result["services"][name]
+        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(s.get("env", {}).items()))
+        after = f"  (starts after {s['start_after']} answers /health)" if s.get("start_after") else ""
+        console.print(f"  {name}:{after}", highlight=False)
+        console.print(f"    env: {env}", soft_wrap=True, highlight=False)
+        console.print(f"    {shlex.join(s['argv'])}", soft_wrap=True, highlight=False)
 
 
 def register(app: typer.Typer) -> None:

@@ -8,7 +8,8 @@ hosts as ``ansible.module_utils.gpu_detect``. The result is a plain dict (JSON-r
      "message": one plain line,
      "driver_version": str | None, "cuda_driver_version": str | None,
      "gpus": [{"index", "name", "uuid", "memory_total_bytes", "memory_free_bytes",
-               "compute_capability", "pci_bus_id"}],
+               "compute_capability", "pci_bus_id"}
+              (+ "mig": true, "mig_index", "mig_profile", "parent_uuid" for a MIG instance)],
      "pci_nvidia_devices": ["0000:01:00.0", ...],
      "cpu": {"count", "model", "memory_total_bytes", "flags": [...]}}
 """
@@ -86,25 +87,65 @@ def _from_nvml(nvml) -> dict:
         gpus = []
         for i in range(nvml.nvmlDeviceGetCount()):
             h = nvml.nvmlDeviceGetHandleByIndex(i)
-            mem = nvml.nvmlDeviceGetMemoryInfo(h)
             major, minor = nvml.nvmlDeviceGetCudaComputeCapability(h)
-            pci = nvml.nvmlDeviceGetPciInfo(h)
-            gpus.append(
-                {
-                    "index": i,
-                    "name": _decode(nvml.nvmlDeviceGetName(h)),
-                    "uuid": _decode(nvml.nvmlDeviceGetUUID(h)),
-                    "memory_total_bytes": int(mem.total),
-                    "memory_free_bytes": int(mem.free),
-                    "compute_capability": f"{major}.{minor}",
-                    "pci_bus_id": _decode(pci.busId),
-                }
-            )
+            pci = _decode(nvml.nvmlDeviceGetPciInfo(h).busId)
+            entry = {
+                "index": i,
+                "name": _decode(nvml.nvmlDeviceGetName(h)),
+                "uuid": _decode(nvml.nvmlDeviceGetUUID(h)),
+                "compute_capability": f"{major}.{minor}",
+                "pci_bus_id": pci,
+            }
+            migs = _mig_instances(nvml, h, entry)
+            if migs is not None:
+                # A GPU in MIG mode serves only through its instances: each is its own device with
+                # its own memory (CUDA_VISIBLE_DEVICES takes the instance's MIG- UUID).
+                gpus.extend(migs)
+                continue
+            mem = nvml.nvmlDeviceGetMemoryInfo(h)
+            entry["memory_total_bytes"] = int(mem.total)
+            entry["memory_free_bytes"] = int(mem.free)
+            gpus.append(entry)
         return {"driver_version": driver, "cuda_driver_version": cuda, "gpus": gpus}
     finally:
         # A shutdown failure must not hide the result.
         with contextlib.suppress(Exception):
             nvml.nvmlShutdown()
+
+
+def _mig_instances(nvml, handle, parent: dict) -> list[dict] | None:
+    """The MIG instances of a GPU in MIG mode (NVML MIG device handles), or None when MIG is off."""
+    if not hasattr(nvml, "nvmlDeviceGetMigMode"):
+        return None  # an nvidia-ml-py too old to know MIG
+    try:
+        current, _pending = nvml.nvmlDeviceGetMigMode(handle)
+    except nvml.NVMLError:
+        return None  # not MIG-capable (NVML says NotSupported)
+    if current != getattr(nvml, "NVML_DEVICE_MIG_ENABLE", 1):
+        return None
+    out = []
+    for j in range(nvml.nvmlDeviceGetMaxMigDeviceCount(handle)):
+        try:
+            mh = nvml.nvmlDeviceGetMigDeviceHandleByIndex(handle, j)
+        except nvml.NVMLError:
+            continue  # an empty slot
+        mem = nvml.nvmlDeviceGetMemoryInfo(mh)
+        name = _decode(nvml.nvmlDeviceGetName(mh))
+        profile = name.rsplit(" MIG ", 1)[1] if " MIG " in name else None
+        out.append(
+            dict(
+                parent,
+                name=name,
+                uuid=_decode(nvml.nvmlDeviceGetUUID(mh)),
+                parent_uuid=parent["uuid"],
+                mig=True,
+                mig_index=j,
+                mig_profile=profile,
+                memory_total_bytes=int(mem.total),
+                memory_free_bytes=int(mem.free),
+            )
+        )
+    return out
 
 
 def parse_smi_csv(text: str) -> list[dict]:

