@@ -309,6 +309,15 @@ def run_module(args: dict) -> tuple[int, dict]:
     return r.returncode, out["plays"][0]["tasks"][0]["hosts"]["localhost"]
 
 
+def assert_plan_schema(plan: dict) -> None:
+    import jsonschema
+
+    schema = json.loads((Path(__file__).resolve().parent.parent / "toolkit/data/plan.schema.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(plan)]
+    assert errors == []
+
+
 TIERS_ARG = "{{ lookup('file', 'toolkit/data/tiers.yaml') | from_yaml }}"
 
 
@@ -317,7 +326,9 @@ def test_gpu_facts_module_plans_a_recorded_inventory():
         {"tiers": TIERS_ARG, "gpus": "{{ lookup('file', 'tests/data/gpus/2x-rtx3090-24gb.json') | from_json }}"}
     )
     assert rc == 0, res
-    assert res["ansible_facts"]["toolkit_plan"]["services"]["chat"]["tensor_parallel_size"] == 2
+    plan = res["ansible_facts"]["toolkit_plan"]
+    assert plan["services"]["chat"]["tensor_parallel_size"] == 2
+    assert_plan_schema(plan)  # the module's plan is the same contract as the CLI's
 
 
 def test_gpu_facts_module_detects_this_host_and_plans_cpu_tier():
@@ -325,6 +336,7 @@ def test_gpu_facts_module_detects_this_host_and_plans_cpu_tier():
     assert rc == 0, res
     facts = res["ansible_facts"]
     assert facts["toolkit_gpu"]["status"] == "no-gpu" and facts["toolkit_plan"]["runtime"] == "cpu"
+    assert_plan_schema(facts["toolkit_plan"])
 
 
 def test_gpu_facts_module_fails_cleanly_on_impossible_override():

@@ -1,0 +1,80 @@
+"""Every plan the planner makes is valid against toolkit/data/plan.schema.json (the contract the
+roles, the audit and the bench read), for every recorded GPU inventory and the override cases; and
+the schema is strict: a misplaced or unknown key, or a value no unit may carry, is refused."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+
+from toolkit.module_utils.gpu_plan import PlanError, UnsupportedGPU, make_plan
+
+ROOT = Path(__file__).resolve().parent.parent
+SCHEMA = json.loads((ROOT / "toolkit" / "data" / "plan.schema.json").read_text())
+TIERS = yaml.safe_load((ROOT / "toolkit" / "data" / "tiers.yaml").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+INVENTORIES = sorted((ROOT / "tests" / "data" / "gpus").glob("*.json"))
+
+
+def _errors(plan: dict) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in VALIDATOR.iter_errors(plan)]
+
+
+def test_the_schema_is_a_valid_json_schema():
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+@pytest.mark.parametrize("inventory", INVENTORIES, ids=lambda p: p.stem)
+def test_every_recorded_plan_matches_the_schema(inventory):
+    facts = json.loads(inventory.read_text())
+    try:
+        plan = make_plan(facts, TIERS)
+    except (UnsupportedGPU, PlanError):
+        pytest.skip("this inventory is refused by design (tests/test_planning.py checks the refusal)")
+    assert _errors(plan) == []
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"autocomplete": {"shared": True}},
+        {"embed": {"backend": "vllm"}},
+        {"chat": {"max_model_len": 8192}},
+    ],
+    ids=["shared-autocomplete", "vllm-embeddings", "chat-context"],
+)
+def test_override_plans_match_the_schema(overrides):
+    facts = json.loads((ROOT / "tests" / "data" / "gpus" / "rtx4090-24gb.json").read_text())
+    assert _errors(make_plan(facts, TIERS, overrides)) == []
+
+
+def _cpu_plan() -> dict:
+    return make_plan(json.loads((ROOT / "tests" / "data" / "gpus" / "no-gpu.json").read_text()), TIERS)
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "expected"),
+    [
+        (("services", "chat", "useReranking"), True, "Additional properties are not allowed"),
+        (("services", "chat", "port"), 99999, "is greater than the maximum"),
+        (("services", "chat", "port"), True, "is not of type 'integer'"),
+        (("services", "chat", "env", "EVIL"), "1\nExecStartPre=+/bin/sh", "should not be valid"),
+        (("services", "chat", "env", "TRAILING"), "1\n", "should not be valid"),
+        (("services", "chat", "served_model_name"), "chat\n", "should not be valid"),
+        (("runtime",), "rocm", "is not one of"),
+    ],
+    ids=["unknown-key", "port-range", "port-bool", "newline-in-env", "trailing-newline", "name-newline", "runtime"],
+)
+def test_the_schema_refuses_what_no_consumer_may_read(path, value, expected):
+    plan = copy.deepcopy(_cpu_plan())
+    node = plan
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    errors = _errors(plan)
+    assert errors and any(expected in e for e in errors), errors
