@@ -83,8 +83,9 @@ def lock_cmd(
     include: list[str] = typer.Option([], "--include", help="Also lock files matching this glob (path or name)."),
     exclude: list[str] = typer.Option([], "--exclude", help="Do not lock files matching this glob."),
     allow_pickle: bool = typer.Option(
-        False, "--allow-pickle", help="Allow pickle formats (.bin .pt .pth .pkl): they can run code."
+        False, "--allow-pickle", help="Allow pickle formats (.bin .pt .pth .pkl .npy .joblib): they can run code."
     ),
+    allow_code: bool = typer.Option(False, "--allow-code", help="Allow the repo's *.py remote code (it runs on load)."),
     allow_org: list[str] = ORG_OPT,
     allow_any_org: bool = ANY_ORG_OPT,
     as_json: bool = JSON_OPT,
@@ -100,7 +101,7 @@ def lock_cmd(
     lockfile.check_org(repo, (*lockfile.DEFAULT_ORGS, *allow_org), allow_any_org)
     current = lockfile.load_lock(lock, allow_pickle=True, missing_ok=True)
     commit, files = hub.list_revision(repo, revision)
-    entry = hub.lock_entry(repo, commit, files, include, exclude, allow_pickle)
+    entry = hub.lock_entry(repo, commit, files, include, exclude, allow_pickle, allow_code)
     lockfile.write_lock(lock, lockfile.upsert_model(current, entry))
     if as_json:
         print(json.dumps({"repo": repo, "revision": commit, "lock": str(lock), "files": len(entry.files)}))
