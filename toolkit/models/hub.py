@@ -59,14 +59,21 @@ def hub_timeout() -> float:
 
 
 def use_timeouts() -> None:
-    """huggingface-hub's shared HTTP client has no timeout (a silent hub hangs a pull forever): give it one."""
-    from huggingface_hub.utils import _http
+    """Give every hub request a timeout: huggingface-hub's client has none and its API calls pass
+    ``timeout=None`` per request, so a silent hub would hang a lock or pull forever. A request hook
+    overrides the per-request value (proxies and the library's own hooks are kept)."""
+    from huggingface_hub.utils import _http, logging
 
-    timeout = hub_timeout()
+    # The library logs every retry as a warning; the command says what failed in one line of its own.
+    logging.set_verbosity_error()
+    timeout = _http.httpx2.Timeout(hub_timeout()).as_dict()
+
+    def enforce(request) -> None:
+        request.extensions["timeout"] = timeout
 
     def factory():
         client = _http.default_client_factory()
-        client.timeout = _http.httpx2.Timeout(timeout)
+        client.event_hooks["request"].append(enforce)
         return client
 
     _http.set_client_factory(factory)

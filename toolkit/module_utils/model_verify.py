@@ -230,7 +230,8 @@ def lock_data_from_bytes(raw: bytes) -> object:
 def read_lock(path: str, allow_pickle: bool = False) -> Lock:
     """Read, parse and validate a lock file. Every problem is a LockError of one line (without the path)."""
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        # O_NONBLOCK: a FIFO planted at the lock's name must not hang the run (refused as not regular below).
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
     except OSError as err:
         raise LockError(f"cannot read: {err.strerror or err}") from None
     try:
