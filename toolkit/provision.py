@@ -343,6 +343,9 @@ def provision(
     run_dir = new_run_dir()
     t0 = time.monotonic()
     plans = plan_hosts(inventory, run_dir, limit=limit, forks=forks)
+    from toolkit.models.plan_lock import check_plans_locked
+
+    check_plans_locked(inventory, plans)  # plan -> lock: a host pulling models converges only on locked ones
     t1 = time.monotonic()
     if on_plans:
         on_plans(run_dir, plans)

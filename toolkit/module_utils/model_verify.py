@@ -48,7 +48,7 @@ SENTENCEPIECE_FILES = ("tokenizer.model", "spiece.model", "sentencepiece.bpe.mod
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME = r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_-])?"
-_REPO = re.compile(_NAME + "/" + _NAME)
+_REPO = REPO_PATTERN = re.compile(_NAME + "/" + _NAME)
 # One path component: no leading dot (no '..', no hidden files), no spaces or control characters.
 _PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]{0,199}")
 MAX_PATH = 1024
