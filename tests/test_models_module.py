@@ -189,3 +189,52 @@ def test_validate_mode_refuses_traversal_before_anything_and_resolves_mirror_pat
     assert rc != 0 and res["problems"] == [
         f"{MINILM_REPO}: vocab.txt: symlink points outside the cache's blobs/: {secret}"
     ]
+
+
+def run_gate(tmp: Path, lock_file: Path, state_dir: Path, model: str) -> tuple[int, str]:
+    """The vllm role's gate (roles/vllm/tasks/verified_models.yml) in a real playbook on this machine."""
+    playbook = tmp / "gate.yml"
+    services = {"embed": {"args": ["--model", model, "--port", "8000"]}, "chat": {"args": ["--model", "/srv/x"]}}
+    playbook.write_text(
+        json.dumps(
+            [
+                {
+                    "hosts": "localhost",
+                    "gather_facts": False,
+                    "vars": {
+                        "vllm_services": services,
+                        "vllm_model_lock_file": str(lock_file),
+                        "model_store_state_dir": str(state_dir),
+                    },
+                    "tasks": [
+                        {"ansible.builtin.include_tasks": str(REPO / "roles/vllm/tasks/verified_models.yml")},
+                        {"ansible.builtin.debug": {"msg": "REVISIONS={{ vllm_model_revisions | to_json }}"}},
+                    ],
+                }
+            ]
+        )
+    )
+    playbook_bin = shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) or "ansible-playbook"
+    r = subprocess.run(
+        [playbook_bin, "-i", "localhost,", "-c", "local", "-e", f"ansible_python_interpreter={sys.executable}",
+         str(playbook)],
+        cwd=REPO, env=dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1"),
+        capture_output=True, text=True, timeout=180,
+    )  # fmt: skip
+    return r.returncode, r.stdout + r.stderr
+
+
+def test_vllm_gate_starts_a_hub_model_only_with_a_valid_marker(setup: dict) -> None:
+    lock_file = setup["tmp"] / "models.lock.yaml"
+    lock_file.write_text(json.dumps(setup["args"]["lock"]))
+    state = setup["tmp"] / "state"
+    rc, out = run_gate(setup["tmp"], lock_file, state, MINILM_REPO)
+    assert rc != 0 and f"no valid verification marker for the locked revision of: {MINILM_REPO}@{MINILM_REV}" in out
+    state.mkdir(mode=0o700)
+    args = dict(setup["args"], marker_dir=str(state / "verified"), quarantine_dir=str(state / "quarantine"))
+    assert run_module(args)[0] == 0
+    rc, out = run_gate(setup["tmp"], lock_file, state, MINILM_REPO)
+    assert rc == 0, out
+    assert f'REVISIONS={{"{MINILM_REPO}": "{MINILM_REV}"}}' in out
+    rc, out = run_gate(setup["tmp"], lock_file, state, "Qwen/not-locked")
+    assert rc != 0 and "repo Qwen/not-locked is not in the lock" in out
