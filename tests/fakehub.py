@@ -10,6 +10,9 @@ It answers exactly what huggingface-hub 2.x calls for `model_info`, `list_repo_t
 
 What it does not exercise: redirects to a CDN, auth, xet storage, pagination, rate limits.
 A file can be served tampered (different bytes, same metadata) to stand for a compromised mirror/CDN.
+``hub.misbehave`` makes every answer hostile, as a broken proxy or a hijacked endpoint would be:
+"garbage" (200 with a body that is not JSON and no hub headers), "disconnect" (the connection is
+closed without an answer) or "silent" (the request is read and never answered).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -116,6 +120,16 @@ class _Handler(BaseHTTPRequestHandler):
         parts = path.strip("/").split("/")
         rng = f" Range={self.headers['Range']}" if self.headers.get("Range") else ""
         self.server.log.append(f"{'HEAD' if head else 'GET'} {path}{rng}")
+        if self.server.misbehave == "garbage":
+            return self._send(200, b"<html>\x00\xff not json", {"Content-Type": "application/json"}, head=head)
+        if self.server.misbehave == "disconnect":
+            self.close_connection = True
+            self.connection.close()
+            return None
+        if self.server.misbehave == "silent":
+            time.sleep(self.server.silence_s)
+            self.close_connection = True
+            return None
         if parts[:2] == ["api", "models"] and len(parts) >= 4:
             repo = self._repo(parts[2], parts[3])
             if repo is None:
@@ -171,6 +185,8 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     repos: dict[str, FakeRepo]
     log: list[str]
+    misbehave: str | None = None
+    silence_s: float = 60.0
 
 
 class FakeHub:
@@ -190,6 +206,16 @@ class FakeHub:
     @property
     def log(self) -> list[str]:
         return self.server.log
+
+    @property
+    def misbehave(self) -> str | None:
+        return self.server.misbehave
+
+    @misbehave.setter
+    def misbehave(self, mode: str | None) -> None:
+        if mode not in (None, "garbage", "disconnect", "silent"):
+            raise ValueError(mode)
+        self.server.misbehave = mode
 
     def repo(self, name: str) -> FakeRepo:
         return self.server.repos[name]

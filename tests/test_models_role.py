@@ -37,6 +37,6 @@ def test_model_store_role_lands_verified_models_and_fails_on_tampering(tmp_path:
         PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}",
     )
     r = subprocess.run(
-        [molecule, "test"], cwd=REPO / "roles" / "model_store", env=env, capture_output=True, text=True, timeout=900
+        [molecule, "test"], cwd=REPO / "roles" / "model_store", env=env, capture_output=True, text=True, timeout=1800
     )
     assert r.returncode == 0, (r.stdout + r.stderr)[-6000:]

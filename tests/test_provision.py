@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import CACHE, REPO, require, require_binary
 from fleet import image_available, podman, stack_fleet
+from test_models_secrets import assert_secret_absent
 
 TOOLKIT = [sys.executable, "-m", "toolkit"]
 
@@ -147,6 +148,12 @@ def test_fleet_of_three_stack_hosts_converges_in_parallel_and_then_changes_nothi
         assert again.returncode == 0, again.stderr[-3000:]
         changed = {h: s["changed"] for h, s in json.loads(again.stdout)["hosts"].items()}
         assert changed == dict.fromkeys(hosts, 0)
+        # Each host's real API key is nowhere in either run's artifacts (events, stdout, facts, command).
+        for host in hosts:
+            key = podman("exec", host, "cat", "/etc/vllm/api-key.env").stdout.strip().split("=", 1)[1]
+            assert len(key) >= 32
+            for run_dir in (summary["run_dir"], json.loads(again.stdout)["run_dir"]):
+                assert assert_secret_absent(Path(run_dir), key) > 50
 
 
 def _event(kind: str, host: str, role: str = "", task: str = "t", **res) -> dict:

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -205,6 +206,49 @@ def ansible_env() -> dict[str, str]:
     }
 
 
+# Environment names whose values are secrets (API keys, hub tokens, passwords): kept out of artifacts.
+SECRET_ENV = re.compile(r"(?i).*(KEY|TOKEN|SECRET|PASSW|CREDENTIAL|AUTH|COOKIE).*")
+
+
+def _redact_env(value: object) -> object:
+    """Copy of value where every environment mapping (key env or ansible_env) has its secret values replaced."""
+    if isinstance(value, list):
+        return [_redact_env(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {}
+    for k, v in value.items():
+        if k in ("env", "ansible_env") and isinstance(v, dict):
+            out[k] = {n: "<redacted>" if SECRET_ENV.fullmatch(str(n)) else x for n, x in v.items()}
+        else:
+            out[k] = _redact_env(v)
+    return out
+
+
+def redact_artifacts(run_dir: Path, ident: str) -> None:
+    """ansible-runner writes the controller's environment into artifacts/<ident>/command, and gathered facts
+    (the managed host's environment: the controller's own when it is the host) into fact_cache/: drop secrets."""
+    base = run_dir / "artifacts" / ident
+    for path in [base / "command", *sorted((base / "fact_cache").glob("*"))]:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        payload = data.get("__payload__") if isinstance(data, dict) else None
+        if isinstance(payload, str):  # Ansible's jsonfile cache keeps the facts as one JSON string
+            try:
+                data = dict(data, __payload__=json.dumps(_redact_env(json.loads(payload))))
+            except ValueError:
+                continue
+        else:
+            data = _redact_env(data)
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh)
+        os.replace(tmp, path)
+
+
 def new_run_dir(base: Path = RUNS_DIR) -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for n in range(100):
@@ -242,21 +286,24 @@ def run_playbook(
     if tags:
         cmd += ["--tags", tags]
     tracker = EventTracker(on_change)
-    r = ansible_runner.run(
-        private_data_dir=str(run_dir),
-        ident=ident,
-        project_dir=str(PLAYBOOKS),
-        playbook=playbook,
-        inventory=str(inventory.resolve()),
-        limit=limit,
-        forks=forks,
-        cmdline=" ".join(cmd) or None,
-        envvars=ansible_env(),
-        extravars=extravars or {},
-        event_handler=tracker,
-        quiet=True,
-        suppress_env_files=True,  # env/ would hold extravars and envvars: keep secrets off disk
-    )
+    try:
+        r = ansible_runner.run(
+            private_data_dir=str(run_dir),
+            ident=ident,
+            project_dir=str(PLAYBOOKS),
+            playbook=playbook,
+            inventory=str(inventory.resolve()),
+            limit=limit,
+            forks=forks,
+            cmdline=" ".join(cmd) or None,
+            envvars=ansible_env(),
+            extravars=extravars or {},
+            event_handler=tracker,
+            quiet=True,
+            suppress_env_files=True,  # env/ would hold extravars and envvars: keep secrets off disk
+        )
+    finally:
+        redact_artifacts(run_dir, ident)
     return r, tracker
 
 
@@ -296,6 +343,9 @@ def provision(
     run_dir = new_run_dir()
     t0 = time.monotonic()
     plans = plan_hosts(inventory, run_dir, limit=limit, forks=forks)
+    from toolkit.models.plan_lock import check_plans_locked
+
+    check_plans_locked(inventory, plans)  # plan -> lock: a host pulling models converges only on locked ones
     t1 = time.monotonic()
     if on_plans:
         on_plans(run_dir, plans)

@@ -14,7 +14,7 @@ from pathlib import Path
 from threading import Event
 from typing import Any
 
-from toolkit.audit import controls
+from toolkit.audit import controls, model_checks  # noqa: F401 - model_checks registers MODEL-001/002
 from toolkit.audit.capture import CaptureResult, CaptureUnavailable, live_capture, offline_capture
 from toolkit.audit.controls import Result
 from toolkit.audit.policy import Policy

@@ -75,16 +75,23 @@ def _fail_if_bad(report: VerifyReport, what: str) -> None:
 
 @models_app.command("lock")
 def lock_cmd(
-    repo: str = typer.Argument(..., help="Hub repository ORG/NAME."),
+    repo: str = typer.Argument(None, help="Hub repository ORG/NAME (or use --plan / --inventory)."),
     revision: str = typer.Option(
         None, "--revision", "-r", help="Branch, tag or commit (default main); locked as the full commit."
+    ),
+    plan: list[Path] = typer.Option(
+        [], "--plan", help="Lock exactly the hub models this plan (`toolkit plan --json`) serves; repeatable."
+    ),
+    inventory: Path = typer.Option(
+        None, "--inventory", "-i", help="Plan every host of this inventory (no changes) and lock exactly their models."
     ),
     lock: Path = LOCK_OPT,
     include: list[str] = typer.Option([], "--include", help="Also lock files matching this glob (path or name)."),
     exclude: list[str] = typer.Option([], "--exclude", help="Do not lock files matching this glob."),
     allow_pickle: bool = typer.Option(
-        False, "--allow-pickle", help="Allow pickle formats (.bin .pt .pth .pkl): they can run code."
+        False, "--allow-pickle", help="Allow pickle formats (.bin .pt .pth .pkl .npy .joblib): they can run code."
     ),
+    allow_code: bool = typer.Option(False, "--allow-code", help="Allow the repo's *.py remote code (it runs on load)."),
     allow_org: list[str] = ORG_OPT,
     allow_any_org: bool = ANY_ORG_OPT,
     as_json: bool = JSON_OPT,
@@ -93,20 +100,71 @@ def lock_cmd(
 
     Locks only what a server needs: *.safetensors, *.json, tokenizer and vocabulary files.
     LFS files are locked by the sha256 the hub reports, small files by their git blob id.
-    Other repos already in the lock are kept; the file is replaced atomically.
+    With REPO, other repos already in the lock are kept; with --plan or --inventory the lock holds
+    exactly the hub models the plans serve. The file is replaced atomically.
     """
     from toolkit.models import hub
 
-    lockfile.check_org(repo, (*lockfile.DEFAULT_ORGS, *allow_org), allow_any_org)
-    current = lockfile.load_lock(lock, allow_pickle=True, missing_ok=True)
-    commit, files = hub.list_revision(repo, revision)
-    entry = hub.lock_entry(repo, commit, files, include, exclude, allow_pickle)
-    lockfile.write_lock(lock, lockfile.upsert_model(current, entry))
-    if as_json:
-        print(json.dumps({"repo": repo, "revision": commit, "lock": str(lock), "files": len(entry.files)}))
+    if bool(repo) + bool(plan) + bool(inventory) != 1:
+        raise UsageError("give exactly one of REPO, --plan PLAN or --inventory INV")
+    if repo:
+        wanted = {repo: revision}
     else:
-        total = sum(f.size for f in entry.files)
-        print(f"locked {repo}@{commit}: {len(entry.files)} files, {total} bytes -> {lock}")
+        if revision:
+            raise UsageError("--revision applies to REPO; a plan names its own revisions")
+        wanted = _planned(plan, inventory)
+        if not wanted:
+            raise UsageError("the plans serve no hub model (local directories and Ollama models are not locked)")
+    for r in wanted:
+        lockfile.check_org(r, (*lockfile.DEFAULT_ORGS, *allow_org), allow_any_org)
+    current = lockfile.load_lock(lock, allow_pickle=True, missing_ok=True)
+    if not repo:
+        current = lockfile.Lock(version=current.version, models=())
+    entries = []
+    for r, rev in sorted(wanted.items()):
+        commit, files = hub.list_revision(r, rev)
+        entries.append(hub.lock_entry(r, commit, files, include, exclude, allow_pickle, allow_code))
+    for entry in entries:
+        current = lockfile.upsert_model(current, entry)
+    lockfile.write_lock(lock, current)
+    if as_json:
+        print(
+            json.dumps(
+                [{"repo": e.repo, "revision": e.revision, "lock": str(lock), "files": len(e.files)} for e in entries]
+                if not repo
+                else {"repo": repo, "revision": entries[0].revision, "lock": str(lock), "files": len(entries[0].files)}
+            )
+        )
+    else:
+        for e in entries:
+            total = sum(f.size for f in e.files)
+            print(f"locked {e.repo}@{e.revision}: {len(e.files)} files, {total} bytes -> {lock}")
+
+
+def _planned(plans: list[Path], inventory: Path | None) -> dict[str, str | None]:
+    """Hub repos (with the plan's revision, if any) that the given plans, or every host's plan, serve."""
+    from toolkit.models.plan_lock import served_repos
+
+    loaded: list[dict] = []
+    for p in plans:
+        try:
+            loaded.append(json.loads(p.read_text(encoding="utf-8")))
+        except (OSError, ValueError) as err:
+            raise UsageError(f"{p}: not a readable plan (`toolkit plan --json`): {err}") from None
+    if inventory is not None:
+        from toolkit import provision
+
+        hosts = provision.check_inventory(inventory, None)
+        loaded += list(provision.plan_hosts(inventory, provision.new_run_dir()).values())
+        if not hosts:
+            raise UsageError(f"inventory {inventory} has no hosts")
+    wanted: dict[str, str | None] = {}
+    for pl in loaded:
+        for r, rev in served_repos(pl).items():
+            if r in wanted and wanted[r] and rev and wanted[r] != rev:
+                raise UsageError(f"{r}: the plans ask for two revisions ({wanted[r]}, {rev})")
+            wanted[r] = wanted.get(r) or rev
+    return wanted
 
 
 @models_app.command("pull")

@@ -9,30 +9,27 @@ from pathlib import Path
 import yaml
 
 from toolkit.errors import UsageError
-from toolkit.module_utils.model_verify import Lock, LockedModel, LockError, lock_to_data, parse_lock
+from toolkit.module_utils.model_verify import (
+    Lock,
+    LockedModel,
+    LockError,
+    lock_data_from_bytes,
+    lock_to_data,
+    parse_lock,
+    read_lock,
+)
 
 DEFAULT_ORGS = ("Qwen", "meta-llama", "codellama", "nomic-ai", "sentence-transformers", "TheBloke")
 
 
 def load_lock(path: Path, allow_pickle: bool = False, missing_ok: bool = False) -> Lock:
-    """Parse and validate a lock file; any problem is one UsageError line naming the file."""
+    """Read and validate a lock file completely; any problem is one UsageError line naming the file (exit 2)."""
+    if missing_ok and not os.path.lexists(path):
+        return Lock(version=1, models=())
+    if not os.path.lexists(path):
+        raise UsageError(f"{path}: no such lock file")
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        if missing_ok:
-            return Lock(version=1, models=())
-        raise UsageError(f"{path}: no such lock file") from None
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read: {err.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or "invalid YAML"
-        raise UsageError(f"{path}:{where}: not valid YAML: {problem}") from None
-    try:
-        return parse_lock(data, allow_pickle=allow_pickle)
+        return read_lock(str(path), allow_pickle=allow_pickle)
     except LockError as err:
         raise UsageError(f"{path}: {err}") from None
 
@@ -55,13 +52,23 @@ def dump_lock(lock: Lock) -> str:
         lines.append(f"    revision: {_scalar(m['revision'])}")
         if m.get("allow_pickle"):
             lines.append("    allow_pickle: true")
+        if m.get("allow_code"):
+            lines.append("    allow_code: true")
+        if m.get("allow_files"):
+            globs = yaml.safe_dump(m["allow_files"], default_flow_style=True, width=10_000).strip()
+            lines.append(f"    allow_files: {globs}")
         lines.append("    files:")
         for f in m["files"]:
             body = yaml.safe_dump(f, default_flow_style=True, sort_keys=False, width=10_000).strip()
             lines.append(f"      - {body}")
     text = "\n".join(lines) + "\n"
-    # The text we write must read back to the same lock.
-    assert parse_lock(yaml.safe_load(text), allow_pickle=True) == lock
+    # The text we write must read back to the same lock (validated by code: `assert` vanishes under -O).
+    try:
+        again = parse_lock(lock_data_from_bytes(text.encode("utf-8")), allow_pickle=True)
+    except LockError as err:
+        raise UsageError(f"refusing to write a lock that does not validate: {err}") from None
+    if again != lock:
+        raise UsageError("refusing to write a lock that does not read back to itself")
     return text
 
 

@@ -1,0 +1,78 @@
+"""The plan joins the lock: every hub model a plan serves must be locked before a host pulling models converges."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+from toolkit.errors import UsageError
+from toolkit.module_utils.model_verify import REPO_PATTERN, Lock
+
+
+def served_repos(plan: dict) -> dict[str, str | None]:
+    """Hub repos the plan's vLLM services serve (the ``--model`` they run), with the plan's revision if any.
+
+    A model given as a local directory is the operator's own and not a hub repo; Ollama names are not either.
+    """
+    out: dict[str, str | None] = {}
+    services = plan.get("services") if isinstance(plan, dict) else None
+    for svc in (services or {}).values():
+        if not isinstance(svc, dict) or svc.get("shared_with") or not isinstance(svc.get("args"), list):
+            continue
+        args = svc["args"]
+        model = args[args.index("--model") + 1] if "--model" in args[:-1] else svc.get("model")
+        if isinstance(model, str) and REPO_PATTERN.fullmatch(model):
+            revision = svc.get("revision")
+            out[model] = revision if isinstance(revision, str) else out.get(model)
+    return out
+
+
+def host_settings(inventory: Path, hosts: list[str]) -> dict[str, tuple[bool, Path]]:
+    """For each host: does it pull models (model_store_enabled), and which lock applies to it."""
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    with contextlib.redirect_stderr(io.StringIO()):
+        inv = InventoryManager(loader=loader, sources=[str(inventory)])
+    variables = VariableManager(loader=loader, inventory=inv)
+    default_lock = (inventory if inventory.is_dir() else inventory.parent).resolve() / "models.lock.yaml"
+    out = {}
+    for name in hosts:
+        host = inv.get_host(name)
+        hv = variables.get_vars(host=host) if host else {}
+        lock = hv.get("model_store_lock_file")
+        lock_path = Path(lock) if isinstance(lock, str) and lock and "{{" not in lock else default_lock
+        out[name] = (hv.get("model_store_enabled", False) is True, lock_path)
+    return out
+
+
+def check_plans_locked(inventory: Path, plans: dict[str, dict]) -> None:
+    """Refuse (one line, exit 2) when a host that pulls models plans a hub model its lock does not hold.
+
+    A host with ``model_store_enabled: false`` pulls nothing: it serves only what is already verified on
+    it, which the vllm role checks on the host (a valid marker for the locked revision) before any start.
+    """
+    from toolkit.models.lockfile import load_lock
+
+    missing: dict[str, list[str]] = {}
+    locks: dict[Path, Lock] = {}
+    for host, (pulls, lock_path) in sorted(host_settings(inventory, sorted(plans)).items()):
+        wanted = served_repos(plans[host])
+        if not pulls or not wanted:
+            continue
+        if lock_path not in locks:
+            locks[lock_path] = load_lock(lock_path, missing_ok=True)
+        locked = {m.repo for m in locks[lock_path].models}
+        gaps = sorted(r for r in wanted if r not in locked)
+        if gaps:
+            missing[f"{host} ({lock_path})"] = gaps
+    if missing:
+        raise UsageError(
+            "planned models are not locked, nothing was changed: "
+            + "; ".join(f"{h}: {', '.join(r)}" for h, r in missing.items())
+            + f" (run `toolkit models lock --inventory {inventory}`, or set model_store_enabled: false "
+            "for a host that serves only what is already verified on it)"
+        )
