@@ -264,3 +264,24 @@ def test_agent_windows_retention_textfile_and_a_failing_window_naming_an_exited_
     )
     assert 6 <= last - first_last <= 30  # two more windows of 3 s (plus probes and reports)
     assert not list(textfile.parent.glob(".*"))  # no temp file left behind
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("auditctl") is None, reason="needs auditctl")
+def test_agent_inside_a_namespace_the_kernel_does_not_multicast_to_says_exact_attribution_is_unavailable(
+    pair, tmp_path
+):
+    """Started inside the namespace (not entering it with --netns), the agent's audit socket gets
+    no records: its self-test connect() goes unseen and the report says so instead of staying silent."""
+    before = subprocess.run(["auditctl", "-l"], capture_output=True, text=True).stdout
+    out = tmp_path / "out"
+    run = pair.run(
+        pair.host, *toolkit_cmd("audit-agent"), "--window", "1", "--windows", "1", "--out", str(out),
+        "--no-static", check=False, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads((out / "audit.json").read_text())
+    assert report["attribution"]["exact"] == (
+        "unavailable: the audit subsystem's records do not reach this process (its own connect() was not seen)"
+    )
+    assert subprocess.run(["auditctl", "-l"], capture_output=True, text=True).stdout == before

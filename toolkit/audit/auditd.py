@@ -52,6 +52,7 @@ CLOCK_SLACK = 0.001
 # address-sorting connect() on UDP sockets, or an old connected socket): /proc decides those.
 HORIZON = 10.0
 MAX_EVENTS = 200_000
+SELF_TEST = ("192.0.2.1", 9)  # TEST-NET-1, discard: a UDP connect() there sends no packet
 
 _HDR = re.compile(r"audit\((\d+)\.(\d+):(\d+)\): ?")
 _FIELD = re.compile(r'(\w+)=("[^"]*"|\S*)')
@@ -286,6 +287,8 @@ class AuditSource:
     _restore: dict[str, int] = field(default_factory=dict)
     _added: list[list[str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _self_seen: bool = False
+    _pid: int = field(default_factory=os.getpid)
 
     def start(self) -> None:
         if shutil.which("auditctl") is None:
@@ -317,6 +320,29 @@ class AuditSource:
             raise
         self._thread = threading.Thread(target=self._run, name="audit-netlink", daemon=True)
         self._thread.start()
+        self._self_test()
+
+    def _self_test(self) -> None:
+        """Prove that records reach us: connect() a UDP socket (which sends nothing) to TEST-NET-1
+        and wait for its record. In a container's network namespace the kernel does not multicast
+        there, and exact attribution would silently see nothing."""
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            probe.connect(SELF_TEST)
+        except OSError:
+            pass  # no route: the syscall is still audited
+        finally:
+            probe.close()
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self._self_seen:
+                    return
+            time.sleep(0.02)
+        self.stop()
+        raise AuditUnavailable(
+            "the audit subsystem's records do not reach this process (its own connect() was not seen)"
+        )
 
     def _auditctl(self, *args: str) -> None:
         proc = subprocess.run(["auditctl", *args], capture_output=True, text=True)
@@ -343,7 +369,10 @@ class AuditSource:
                 self.records += 1
                 text = data[off + 16 : off + length].rstrip(b"\0").decode("utf-8", "replace")
                 ev = asm.feed(rtype, text)
-                if ev is not None and not self.policy.allows(ev.address):
+                if ev is not None and ev.pid == self._pid and (ev.address, ev.port) == SELF_TEST:
+                    with self._lock:
+                        self._self_seen = True
+                elif ev is not None and not self.policy.allows(ev.address):
                     with self._lock:
                         if len(self.events) < MAX_EVENTS:
                             self.events.append(ev)
