@@ -28,4 +28,4 @@ def test_audit_agent_scenario_installs_offline_runs_windows_and_restarts(tmp_pat
     build(tmp_path / "wheelhouse", sys.executable)
     monkeypatch.setenv("AUDIT_AGENT_WHEELHOUSE", str(tmp_path / "wheelhouse"))
     assert os.environ["AUDIT_AGENT_WHEELHOUSE"]
-    assert_scenario_passed(run_molecule(ROLES / "audit_agent", timeout=900))
+    assert_scenario_passed(run_molecule(ROLES / "audit_agent", timeout=1700))
