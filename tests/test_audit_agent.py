@@ -264,6 +264,10 @@ def test_agent_windows_retention_textfile_and_a_failing_window_naming_an_exited_
     )
     assert 6 <= last - first_last <= 30  # two more windows of 3 s (plus probes and reports)
     assert not list(textfile.parent.glob(".*"))  # no temp file left behind
+    # toolkit report still sums up what the agent leaves: one host (the window files are not counted).
+    summary = subprocess.run([*toolkit_cmd("report"), str(out), "--json"], capture_output=True, text=True)
+    assert summary.returncode == 0, summary.stderr
+    assert [(h["host"], h["verdict"]) for h in json.loads(summary.stdout)["hosts"]] == [(failing["host"], "PASS")]
 
 
 @pytest.mark.root
