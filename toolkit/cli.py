@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "Measure the deployed stack against the latency SLOs."),
     "audit": ("audit", "Capture traffic and prove that nothing leaves this machine."),
     "report": ("audit", "Sum up a fleet's audit reports."),
+    "audit-agent": ("audit_agent", "Audit continuously: a report and a Prometheus textfile every window."),
     "guard": ("guard", "Read back the egress guard (nftables) and what it blocked."),
 }
 
