@@ -19,6 +19,7 @@ import argparse
 import html
 import json
 import math
+import os
 import sys
 import tempfile
 import time
@@ -118,6 +119,7 @@ def main() -> int:
                 with tempfile.TemporaryDirectory(prefix="search-scaling-") as d:
                     p = asdict(search.scale_point(rows, dims, Path(d), queries=args.queries))
                 p["wall_s"] = time.monotonic() - t0
+                p["load_average_1m"] = os.getloadavg()[0]  # the machine is shared: say how busy it was
                 points.append(p)
                 args.out.write_text(json.dumps(points, indent=2) + "\n")
                 print(f"{rows} x {dims}: flat p95 {p['flat_ms']['p95']:.1f} ms, ann p95 {p['ann_ms']['p95']:.1f} ms, "

@@ -202,7 +202,18 @@ class Api:
         body: dict[str, Any] = {"model": r.model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0.0}
         if stop:
             body["stop"] = list(stop)
-        data, elapsed = await self._post(r, "/completions", body)
+        try:
+            data, elapsed = await self._post(r, "/completions", body)
+        except BadAnswer as err:
+            if stop and "HTTP 400" in str(err) and "stop" in str(err):
+                # vLLM refuses more than VLLM_MAX_STOP_STRINGS (4 by default) stop strings, and
+                # Continue sends all of a family's stops to a local server unless maxStopWords is set.
+                raise BadAnswer(
+                    f"{r.label} refused the {len(stop)} stop strings Continue sends for this family "
+                    f"(HTTP 400; vLLM allows $VLLM_MAX_STOP_STRINGS, 4 by default): raise it on the server or "
+                    f"set maxStopWords in Continue's config.yaml; --max-stop-words N benches with the first N"
+                ) from None
+            raise
         choices = data.get("choices")
         if not isinstance(choices, list) or not choices or not isinstance(choices[0].get("text"), str):
             raise BadAnswer(f"{r.label} answered POST /v1/completions without choices[0].text")

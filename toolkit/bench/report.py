@@ -487,7 +487,9 @@ def measured_lines(doc: dict[str, Any]) -> list[str]:
                      f"{r['served_as']} at {r['url']} ({m.get('servers', {}).get(r['url']) or 'version unknown'}"
                      f"{', ' + extra if extra else ''})")  # fmt: skip
     fim = m.get("fim") or {}
-    prompt = f"FIM of {fim['family']}" if fim.get("family") else "plain prefix (no family)"
+    prompt = "plain prefix (no family)"
+    if fim.get("family"):
+        prompt = f"FIM of {fim['family']}, {len(fim.get('stop_sent', []))} of {len(fim['stop'])} stop strings"
     lines.append(f"autocomplete prompt: {prompt}")
     return lines
 

@@ -44,7 +44,9 @@ class Settings:
     autocomplete_max_tokens: int = workloads.AUTOCOMPLETE_MAX_TOKENS
     chat_max_tokens: int = workloads.CHAT_MAX_TOKENS
     chat_context_chars: int = workloads.CHAT_CONTEXT_CHARS
+    autocomplete_context_chars: int = workloads.PREFIX_CHARS + workloads.SUFFIX_CHARS
     fim: workloads.Fim = workloads.PLAIN
+    max_stop_words: int | None = None  # Continue's maxStopWords: None sends every stop, as Continue does
     top_k: int = workloads.SEARCH_TOP_K
     code_tree: Path | None = None
     timeout_s: float = 120.0
@@ -124,14 +126,18 @@ def _request_fns(
 ) -> dict[str, RequestFn]:
     """One function per workload: ``fn(i, phase)`` sends request i of a phase ("warm-1", "run-4")."""
     files = search.collect(index.tree)
-    cursors = workloads.cursors(index.tree, files)
+    # Continue's split of the prompt budget: at most a fifth after the cursor.
+    suffix_chars = s.autocomplete_context_chars // 5
+    cursors = workloads.cursors(index.tree, files, prefix_chars=s.autocomplete_context_chars - suffix_chars,
+                                suffix_chars=suffix_chars)  # fmt: skip
     contexts = workloads.chat_contexts(index.tree, files, s.chat_context_chars)
+    stops = s.fim.stop if s.max_stop_words is None else s.fim.stop[: s.max_stop_words]
     conversations: dict[tuple[str, int], tuple[list[dict[str, str]], str]] = {}
 
     async def autocomplete(i: int, phase: str) -> dict[str, float]:
         cur = workloads.pick(cursors, i)
         prompt = s.fim.render(cur.prefix, cur.suffix if s.fim.family else "")
-        return await api.complete(res["autocomplete"], prompt, s.autocomplete_max_tokens, s.fim.stop)
+        return await api.complete(res["autocomplete"], prompt, s.autocomplete_max_tokens, stops)
 
     async def chat(i: int, phase: str) -> dict[str, float]:
         messages = workloads.first_turn(f"{session}-{phase}-{i}", workloads.pick(contexts, i), i)
@@ -251,7 +257,13 @@ async def _run(endpoints: Endpoints, api_key: str | None, s: Settings, progress:
             },
             "servers": {root: server_version(sync_client, root, api_key) for root in roots},
             "device": _device(),
-            "fim": {"family": s.fim.family, "template": s.fim.template, "stop": list(s.fim.stop)},
+            "fim": {
+                "family": s.fim.family,
+                "template": s.fim.template,
+                "stop": list(s.fim.stop),
+                "stop_sent": list(s.fim.stop if s.max_stop_words is None else s.fim.stop[: s.max_stop_words]),
+                "max_tokens": s.autocomplete_max_tokens,
+            },
         }
 
     for root in roots:

@@ -308,7 +308,9 @@ def scale_point(rows: int, dims: int, db_dir: Path, queries: int = 50, k: int = 
     load_s = time.perf_counter() - start
     # Queries near stored chunks (a question lands near its answer), but not copies of them.
     rng = np.random.default_rng(seed + 1)
-    qs = np.asarray(sample, dtype=np.float32) + 0.3 * rng.standard_normal((len(sample), dims), dtype=np.float32)
+    # Noise of norm ~0.3 against unit vectors, whatever the dimension (per-dimension 0.3 / sqrt(dims)).
+    noise = rng.standard_normal((len(sample), dims), dtype=np.float32) * (0.3 / dims**0.5)
+    qs = np.asarray(sample, dtype=np.float32) + noise
     qs /= np.linalg.norm(qs, axis=1, keepdims=True)
 
     def timed(run: Callable[[Any], list[int]]) -> tuple[list[list[int]], list[float]]:

@@ -85,7 +85,9 @@ class Cursor:
     suffix: str
 
 
-def cursors(tree: Path, files: Sequence[Path], n: int = 24) -> list[Cursor]:
+def cursors(
+    tree: Path, files: Sequence[Path], n: int = 24, prefix_chars: int = PREFIX_CHARS, suffix_chars: int = SUFFIX_CHARS
+) -> list[Cursor]:
     """Up to ``n`` cursor positions in the tree's code files: inside a non-blank line, after its
     indentation and first word, as when a developer pauses mid-statement."""
     code = [p for p in files if p.suffix in _FIM_SUFFIXES]
@@ -106,8 +108,8 @@ def cursors(tree: Path, files: Sequence[Path], n: int = 24) -> list[Cursor]:
         col = indent + (word.end() if word else 0)
         offset = sum(len(x) for x in lines[:k]) + col
         out.append(
-            Cursor(p.relative_to(tree).as_posix(), k + 1, text[max(0, offset - PREFIX_CHARS) : offset],
-                   text[offset : offset + SUFFIX_CHARS])
+            Cursor(p.relative_to(tree).as_posix(), k + 1, text[max(0, offset - prefix_chars) : offset],
+                   text[offset : offset + suffix_chars])
         )  # fmt: skip
         if len(out) >= n:
             break

@@ -76,11 +76,24 @@ def bench_cmd(
         min=100,
         help="Characters of code from --code-tree in each chat question (~4 per token).",
     ),
+    autocomplete_context_chars: int = typer.Option(
+        workloads.PREFIX_CHARS + workloads.SUFFIX_CHARS,
+        "--autocomplete-context-chars",
+        min=50,
+        help="Characters of code around the cursor per autocomplete prompt (4/5 before it, 1/5 after).",
+    ),
     autocomplete_family: str = typer.Option(
         None,
         "--autocomplete-family",
         help="Model family whose FIM template and stops (tiers.yaml families:) autocomplete uses; "
         "default: the plan's autocomplete model's family, else a plain prefix.",
+    ),
+    max_stop_words: int = typer.Option(
+        None,
+        "--max-stop-words",
+        min=0,
+        help="Send only the first N of the family's stop strings (Continue's maxStopWords); default: all, "
+        "as Continue does for a local server.",
     ),
     top_k: int = typer.Option(workloads.SEARCH_TOP_K, "--top-k", min=1, help="Hits per codebase search."),
     code_tree: Path = typer.Option(
@@ -143,7 +156,9 @@ def bench_cmd(
         autocomplete_max_tokens=max_tokens,
         chat_max_tokens=chat_max_tokens,
         chat_context_chars=chat_context_chars,
+        autocomplete_context_chars=autocomplete_context_chars,
         fim=fim,
+        max_stop_words=max_stop_words,
         plan_models=plan_models,
         top_k=top_k,
         code_tree=code_tree,
