@@ -79,7 +79,7 @@ def test_verdicts_follow_from_the_measured_samples(table_run):
             # Only decode speed falls back to the server, and only when some stream came in bursts.
             assert metric == "decode_tps"
             assert min(m["metrics"]["per_token"]["values"]) == 0.0
-            assert v["client"] is None and "stream not per token" in v["note"]
+            assert v["client"] is None and "streams not per token" in v["note"]
             assert v["samples"] == m["server"]["tpot"]["count"] == REQUESTS
             continue
         values = m["metrics"][metric]["values"]
@@ -136,9 +136,13 @@ def test_report_names_what_was_measured(table_run, vllm_servers):
 def test_all_nine_qwen_stops_as_continue_sends_them_are_refused_by_vllm_with_a_clear_line(vllm_servers, tmp_path):
     """vLLM 0.32 allows 4 stop strings ($VLLM_MAX_STOP_STRINGS); Continue sends every one of the
     family's stops to a local server unless config.yaml sets maxStopWords."""
+    tree = tmp_path / "tree"  # two files: indexing is not what this test is about
+    tree.mkdir()
+    for name in ("stats.py", "slo.py"):
+        shutil.copy(CODE_TREE / name, tree / name)
     proc = run_bench(
         *urls(vllm_servers), "--api-key-file", str(vllm_servers.api_key_file), "--concurrency", "1",
-        "--requests", "1", "--warmup", "0", "--code-tree", str(CODE_TREE), "--out", str(tmp_path / "o"),
+        "--requests", "1", "--warmup", "0", "--code-tree", str(tree), "--out", str(tmp_path / "o"),
         "--autocomplete-family", "Qwen2.5-Coder", "--autocomplete-context-chars", "500",
     )  # fmt: skip
     assert proc.returncode == 3
@@ -163,11 +167,13 @@ def test_json_report_is_written_and_valid(table_run, vllm_servers):
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "latency.html"]
 
 
-def test_plot_is_written_and_self_contained(table_run):
+def test_plot_is_written_and_self_contained(table_run, vllm_servers):
     _, out, _ = table_run
     page = (out / "latency.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
-    assert not re.search(r"<script|<link|<img|src=|href=|url\(|@import|https?://", page)
+    assert not re.search(r"<script|<link|<img|src=|href=|url\(|@import", page)
+    # URLs appear only as text: the servers that were measured, named in "what was measured".
+    assert set(re.findall(r"https?://[^\s<)]+", page)) == {vllm_servers.generator.url, vllm_servers.embedder.url}
     assert page.count("<svg") == 6
     assert page.count('class="ecdf"') == 6 * len(LEVELS)
 

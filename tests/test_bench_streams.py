@@ -164,7 +164,7 @@ def test_burst_decode_is_judged_on_the_server_histogram_never_on_arrival_times()
     # 20 requests, 19 decoding at <= 10 ms a token, one at 75-100 ms: the share at <= 50 ms is 0.95.
     v = decode_verdict(chat_result(0.0, None, 20, {0.01: 19, 0.1: 1}))
     assert (v["source"], v["status"], v["samples"], v["client"]) == ("server", "PASS", 20, None)
-    assert "stream not per token (median 16 tokens in 1 chunks)" in v["note"]
+    assert v["note"].startswith("20 of 20 streams not per token (320 tokens in 20 chunks): decode speed from")
     assert v["server"]["metric"] == "vllm:request_time_per_output_token_seconds"
     v = decode_verdict(chat_result(0.0, None, 20, {0.01: 18, 0.1: 2}))  # 0.90 at <= 50 ms
     assert (v["source"], v["status"]) == ("server", "FAIL")
@@ -262,3 +262,25 @@ def test_synthetic_vectors_are_unit_length_and_the_same_for_a_seed():
     assert a.shape == (1200, 16) and a.dtype == np.float32
     assert np.array_equal(a, b)
     assert np.allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
+
+
+def test_a_server_figure_in_the_lowest_bucket_is_only_a_bound_and_search_may_be_slower():
+    text = "\n".join(
+        [f'vllm:e2e_request_latency_seconds_bucket{{le="{le}"}} {c}' for le, c in ((0.3, 20), (0.5, 20))]
+        + [
+            'vllm:e2e_request_latency_seconds_bucket{le="+Inf"} 20',
+            "vllm:e2e_request_latency_seconds_count 20",
+            "vllm:e2e_request_latency_seconds_sum 2.0",
+        ]  # fmt: skip
+    )
+    view = metrics.view(metrics.parse(""), metrics.parse(text))
+    m = Measurement("search", 1, {"latency_ms": [376.0] * 20}, 20, 1.0, view)
+    v = next(
+        x
+        for x in report.verdicts(BenchResult("t", Settings(concurrency=(1,)), {}, [m]))
+        if x["metric"] == m.workload + ".latency_ms"
+    )
+    assert v["server"]["value"] is None and v["server"]["bucket"] == [0.0, 300.0]
+    assert report._server_cell(v["server"], "ms") == "<= 300 ms (20)"
+    # The client timed the embedding and LanceDB, the server the embedding: slower is no disagreement.
+    assert (v["status"], v["disagree"]) == ("FAIL", False)
