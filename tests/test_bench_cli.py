@@ -174,7 +174,7 @@ def test_404_answer_names_the_status_and_the_server_message(fake_server, tmp_pat
                 "Nope",
             ],
             "unknown model family 'Nope' (tiers.yaml families: Qwen2.5-Coder, Qwen3-Coder, CodeLlama)",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, args, message):

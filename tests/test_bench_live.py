@@ -50,7 +50,7 @@ def table_run(vllm_servers, tmp_path_factory):
         "--chat-max-tokens", str(CHAT_TOKENS), "--code-tree", str(CODE_TREE), "--out", str(out),
         # The tiny model serves 2048 tokens and its tokenizer makes many tokens of code.
         "--chat-context-chars", "1000", "--autocomplete-context-chars", "1000",
-        "--autocomplete-family", "Qwen2.5-Coder", "--max-stop-words", "4",
+        "--autocomplete-family", "Qwen2.5-Coder",
     )  # fmt: skip
     assert proc.returncode in (0, 1, 4), proc.stderr
     return proc, out, json.loads((out / "bench.json").read_text())
@@ -135,7 +135,7 @@ def test_report_names_what_was_measured(table_run, vllm_servers):
 
 def test_all_nine_qwen_stops_as_continue_sends_them_are_refused_by_vllm_with_a_clear_line(vllm_servers, tmp_path):
     """vLLM 0.32 allows 4 stop strings ($VLLM_MAX_STOP_STRINGS); Continue sends every one of the
-    family's stops to a local server unless config.yaml sets maxStopWords."""
+    family's stops to a local server unless config.yaml sets maxStopWords (the bench's default 4)."""
     tree = tmp_path / "tree"  # two files: indexing is not what this test is about
     tree.mkdir()
     for name in ("stats.py", "slo.py"):
@@ -143,7 +143,7 @@ def test_all_nine_qwen_stops_as_continue_sends_them_are_refused_by_vllm_with_a_c
     proc = run_bench(
         *urls(vllm_servers), "--api-key-file", str(vllm_servers.api_key_file), "--concurrency", "1",
         "--requests", "1", "--warmup", "0", "--code-tree", str(tree), "--out", str(tmp_path / "o"),
-        "--autocomplete-family", "Qwen2.5-Coder", "--autocomplete-context-chars", "500",
+        "--autocomplete-family", "Qwen2.5-Coder", "--autocomplete-context-chars", "500", "--max-stop-words", "9",
     )  # fmt: skip
     assert proc.returncode == 3
     line = one_error_line(proc)

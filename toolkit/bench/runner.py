@@ -46,7 +46,7 @@ class Settings:
     chat_context_chars: int = workloads.CHAT_CONTEXT_CHARS
     autocomplete_context_chars: int = workloads.PREFIX_CHARS + workloads.SUFFIX_CHARS
     fim: workloads.Fim = workloads.PLAIN
-    max_stop_words: int | None = None  # Continue's maxStopWords: None sends every stop, as Continue does
+    max_stop_words: int | None = workloads.MAX_STOP_WORDS  # Continue's maxStopWords; None: every stop
     top_k: int = workloads.SEARCH_TOP_K
     code_tree: Path | None = None
     timeout_s: float = 120.0

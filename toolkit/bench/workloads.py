@@ -37,6 +37,9 @@ SUFFIX_CHARS = 800
 # A realistic chat context: a file or two in the context, ~3000 tokens at ~4 characters a token.
 CHAT_CONTEXT_CHARS = 12000
 FIM_PLACEHOLDERS = ("{{{prefix}}}", "{{{suffix}}}")
+# vLLM refuses more than $VLLM_MAX_STOP_STRINGS (4 by default) stop strings, and Continue sends
+# a model's first maxStopWords of them; the continue role writes maxStopWords 4 for vLLM models.
+MAX_STOP_WORDS = 4
 _FIM_SUFFIXES = frozenset([".py", ".ts", ".tsx", ".js", ".go", ".rs", ".sh", ".yml", ".yaml", ".j2", ".sql", ".c"])
 
 

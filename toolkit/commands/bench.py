@@ -89,11 +89,11 @@ def bench_cmd(
         "default: the plan's autocomplete model's family, else a plain prefix.",
     ),
     max_stop_words: int = typer.Option(
-        None,
+        workloads.MAX_STOP_WORDS,
         "--max-stop-words",
         min=0,
-        help="Send only the first N of the family's stop strings (Continue's maxStopWords); default: all, "
-        "as Continue does for a local server.",
+        help="Send the first N of the family's stop strings, as Continue does with maxStopWords N (the "
+        "continue role writes 4 for vLLM, whose default limit is 4).",
     ),
     top_k: int = typer.Option(workloads.SEARCH_TOP_K, "--top-k", min=1, help="Hits per codebase search."),
     code_tree: Path = typer.Option(
