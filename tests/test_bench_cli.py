@@ -162,6 +162,19 @@ def test_404_answer_names_the_status_and_the_server_message(fake_server, tmp_pat
         (["--plan", "p.json", "--concurrency", "1,x"], "--concurrency '1,x'"),
         (["--plan", "p.json", "--concurrency", "0"], "every level must be 1 or more"),
         (["--plan", "p.json", "--code-tree", "nowhere"], "--code-tree nowhere is not a directory"),
+        (
+            [
+                "--chat-url",
+                "http://127.0.0.1:1",
+                "--autocomplete-url",
+                "http://127.0.0.1:1",
+                "--embed-url",
+                "http://127.0.0.1:1",
+                "--autocomplete-family",
+                "Nope",
+            ],
+            "unknown model family 'Nope' (tiers.yaml families: Qwen2.5-Coder, Qwen3-Coder, CodeLlama)",
+        ),
     ],
 )
 def test_bad_arguments_are_one_line_and_exit_2(tmp_path, args, message):

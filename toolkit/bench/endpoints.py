@@ -152,3 +152,17 @@ def read_api_key(path: Path | None, env: Mapping[str, str] | None = None) -> tup
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         warning = f"API key file {path} is readable by others (mode {stat.S_IMODE(mode):o}); chmod 600 it"
     return key, warning
+
+
+def plan_models(plan: Mapping) -> dict[str, dict[str, object]]:
+    """What the plan says each role serves: weights, tier-table key, revision, quantization."""
+    if isinstance(plan.get("toolkit_plan"), Mapping):
+        plan = plan["toolkit_plan"]
+    services = plan.get("services") if isinstance(plan.get("services"), Mapping) else {}
+    out: dict[str, dict[str, object]] = {}
+    for role in ("chat", "autocomplete", "embed"):
+        svc = services.get(role) if isinstance(services.get(role), Mapping) else {}
+        out[role] = {
+            k: svc.get(k) for k in ("model", "model_key", "revision", "quantization_label", "dtype", "max_model_len")
+        }
+    return out

@@ -21,12 +21,24 @@ from toolkit.bench import slo as slo_mod
 from toolkit.bench import stats
 from toolkit.bench.runner import BenchResult
 
-SCHEMA_VERSION = 1
-UNITS = {"latency_ms": "ms", "ttft_ms": "ms", "decode_tps": "tokens/s", "tokens": "tokens"}
+SCHEMA_VERSION = 2
+UNITS = {
+    "latency_ms": "ms",
+    "ttft_ms": "ms",
+    "decode_tps": "tokens/s",
+    "tokens": "tokens",
+    "prompt_tokens": "tokens",
+    "chunks": "chunks",
+    "per_token": "share",
+    "max_gap_ms": "ms",
+}
+# Bookkeeping samples: in bench.json, not in the tables.
+_HIDDEN = ("tokens", "prompt_tokens", "chunks", "per_token")
 # What the plot shows, in order: (metric key, title).
 PLOTTED = (
     ("autocomplete.latency_ms", "Autocomplete latency"),
-    ("chat.ttft_ms", "Chat time to first token"),
+    ("chat.ttft_ms", "Chat time to first token (first turn, a code context)"),
+    ("chat_followup.ttft_ms", "Chat time to first token (second turn: the prefix is cached)"),
     ("chat.decode_tps", "Chat decode speed"),
     ("embed.latency_ms", "Embedding latency (one input)"),
     ("search.latency_ms", "Codebase search latency (embed query + LanceDB top-k)"),
@@ -51,6 +63,8 @@ REPORT_SCHEMA: dict[str, Any] = {
         "schema",
         "started_at",
         "passed",
+        "verdict",
+        "measured",
         "settings",
         "endpoints",
         "measurements",
@@ -62,6 +76,8 @@ REPORT_SCHEMA: dict[str, Any] = {
         "schema": {"const": SCHEMA_VERSION},
         "started_at": {"type": "string"},
         "passed": {"type": "boolean"},
+        "verdict": {"enum": ["PASS", "FAIL", "INCONCLUSIVE"]},
+        "measured": {"type": "object", "required": ["roles", "servers", "device", "fim"]},
         "settings": {
             "type": "object",
             "required": [
@@ -90,7 +106,7 @@ REPORT_SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "required": ["workload", "concurrency", "requests", "wall_s", "requests_per_s", "metrics"],
                 "properties": {
-                    "workload": {"enum": ["autocomplete", "chat", "embed", "search"]},
+                    "workload": {"enum": ["autocomplete", "chat", "chat_followup", "embed", "search"]},
                     "concurrency": {"type": "integer", "minimum": 1},
                     "requests": {"type": "integer", "minimum": 1},
                     "wall_s": _NUM,
@@ -113,12 +129,21 @@ REPORT_SCHEMA: dict[str, Any] = {
                     "concurrency",
                     "measured",
                     "samples",
+                    "min_samples",
+                    "status",
                     "passed",
+                    "source",
+                    "client",
+                    "server",
+                    "disagree",
                 ],
                 "properties": {
                     "measured": {"type": ["number", "null"]},
                     "samples": {"type": "integer", "minimum": 0},
+                    "status": {"enum": ["PASS", "FAIL", "INSUFFICIENT", "INCONCLUSIVE"]},
                     "passed": {"type": "boolean"},
+                    "source": {"enum": ["client", "server"]},
+                    "disagree": {"type": "boolean"},
                     "op": {"enum": ["<", "<=", ">", ">="]},
                 },
             },
@@ -154,6 +179,18 @@ REPORT_SCHEMA: dict[str, Any] = {
 }
 
 
+# Which server histogram stands beside each SLO's client figure (vLLM names in metrics.py).
+SERVER_SIDE = {
+    "autocomplete.latency_ms": ("e2e", "vllm:e2e_request_latency_seconds"),
+    "chat.ttft_ms": ("ttft", "vllm:time_to_first_token_seconds"),
+    "chat.decode_tps": ("tpot", "vllm:request_time_per_output_token_seconds"),
+    "search.latency_ms": ("e2e", "vllm:e2e_request_latency_seconds (the query's embedding only)"),
+}
+# SLOs whose server figure covers only part of what the client timed (search: the embedding, not
+# LanceDB): the client may be slower than the server without disagreeing.
+PART_ONLY = frozenset(["search.latency_ms"])
+
+
 def _summaries(result: BenchResult) -> dict[tuple[str, int], stats.Summary | None]:
     out = {}
     for m in result.measurements:
@@ -162,12 +199,123 @@ def _summaries(result: BenchResult) -> dict[tuple[str, int], stats.Summary | Non
     return out
 
 
-def verdicts(result: BenchResult) -> list[slo_mod.Verdict]:
-    return slo_mod.evaluate(_summaries(result), result.settings.concurrency)
+def _measurement(result: BenchResult, workload: str, c: int):
+    return next((m for m in result.measurements if m.workload == workload and m.concurrency == c), None)
+
+
+def _server_figure(slo: slo_mod.Slo, view) -> dict[str, Any] | None:
+    """The server's figure for the SLO's statistic: interpolated value, its bucket, the count."""
+    if view is None:
+        return None
+    attr, name = SERVER_SIDE[slo.metric]
+    hist = getattr(view, attr)
+    if hist.count <= 0:
+        return None
+    if attr == "tpot":
+        q = 1.0 - slo.quantile  # p5 of a rate is the p95 of its time per token
+        lo, hi = hist.bounds(q)
+        value = hist.quantile(q)
+        return {
+            "metric": name,
+            "samples": int(hist.count),
+            "value": 1.0 / value if value and lo > 0 else None,
+            "bucket": [1.0 / hi if not math.isinf(hi) else 0.0, None if lo <= 0 else 1.0 / lo],
+            "mean": (view.generation_tokens - view.requests) / view.decode_s if view.decode_s > 0 else None,
+        }
+    lo, hi = hist.bounds(slo.quantile)
+    return {
+        "metric": name,
+        "samples": int(hist.count),
+        # In the lowest bucket (0, le] a histogram only says "at most le": no interpolated figure.
+        "value": _ms(hist.quantile(slo.quantile)) if lo > 0 else None,
+        "bucket": [lo * 1000.0, None if math.isinf(hi) else hi * 1000.0],
+        "mean": _ms(hist.sum / hist.count),
+    }
+
+
+def verdicts(result: BenchResult) -> list[dict[str, Any]]:
+    """Every SLO at every level: the verdict, the client's figure beside the server's, a warning
+    when they disagree."""
+    summaries = _summaries(result)
+    out = []
+    for slo in slo_mod.SEED_SLOS:
+        workload, metric = slo.metric.split(".")
+        for c in result.settings.concurrency:
+            m = _measurement(result, workload, c)
+            view = m.server if m else None
+            summary = summaries.get((slo.metric, c))
+            client = {"value": summary.get(slo.stat), "samples": summary.n} if summary else None
+            server = _server_figure(slo, view)
+            if metric == "decode_tps":
+                per_token = m.values.get("per_token", []) if m else []
+                if per_token and all(p == 1.0 for p in per_token) and summary:
+                    v = slo_mod.judge(slo, summary, c)
+                else:
+                    bursts = [k for k, p in enumerate(per_token) if p != 1.0]
+                    tokens = sum(m.values["tokens"][k] for k in bursts) if m and m.values.get("tokens") else 0
+                    chunks = sum(m.values["chunks"][k] for k in bursts) if m and m.values.get("chunks") else 0
+                    why = (f"{len(bursts)} of {len(per_token)} streams not per token ({tokens:g} tokens in "
+                           f"{chunks:g} chunks): decode speed from the server's per-request TPOT "
+                           "histogram")  # fmt: skip
+                    client = None
+                    if view is None:
+                        v = slo_mod.Verdict(slo, c, None, 0, slo_mod.INCONCLUSIVE, "server",
+                                            why.split(":")[0] + " and no vLLM /metrics to read it from")  # fmt: skip
+                    else:
+                        v = slo_mod.judge_rate_from_seconds(slo, view.tpot, c, why)
+            else:
+                v = slo_mod.judge(slo, summary, c)
+            bucket = tuple(server["bucket"]) if server else None
+            warn = bool(client and server and slo_mod.disagreement(client["value"], bucket))
+            if warn and slo.metric in PART_ONLY and bucket and client["value"] >= bucket[0]:
+                warn = False
+            out.append(
+                {
+                    "name": slo.name,
+                    "metric": slo.metric,
+                    "stat": slo.stat,
+                    "op": slo.op,
+                    "threshold": slo.threshold,
+                    "unit": slo.unit,
+                    "concurrency": c,
+                    "min_samples": slo.min_samples,
+                    "measured": v.measured,
+                    "samples": v.samples,
+                    "status": v.status,
+                    "passed": v.passed,
+                    "source": v.source,
+                    "note": v.note,
+                    "client": client,
+                    "server": server,
+                    "disagree": warn,
+                }
+            )
+    return out
 
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000.0
+
+
+def _view_dict(v) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    return {
+        "requests": v.requests,
+        "generation_tokens": v.generation_tokens,
+        "prompt_tokens": v.prompt_tokens,
+        "decode_tokens_per_s": v.decode_tokens_per_s,
+        "prefix_cache_hit_rate": v.prefix_hit_rate,
+        "ttft": _hist_ms(v.ttft),
+        "e2e": _hist_ms(v.e2e),
+        "tpot": _hist_ms(v.tpot),
+    }
+
+
+def _hist_ms(h) -> dict[str, Any]:
+    d = h.as_dict()
+    return {"count": d["count"], "mean_ms": d["mean"], "p50_ms": d["p50"], "p95_ms": d["p95"],
+            "p95_bucket_ms": d["p95_bucket"]}  # fmt: skip
 
 
 def build(result: BenchResult) -> dict[str, Any]:
@@ -189,24 +337,14 @@ def build(result: BenchResult) -> dict[str, Any]:
                 "wall_s": m.wall_s,
                 "requests_per_s": m.requests / m.wall_s if m.wall_s > 0 else 0.0,
                 "metrics": metrics,
+                "server": _view_dict(m.server),
             }
         )
     servers = []
     for srv in result.servers:
         view = None
         if srv.server is not None:
-            h = srv.server.ttft
-            view = {
-                "requests": srv.server.requests,
-                "generation_tokens": srv.server.generation_tokens,
-                "decode_tokens_per_s": srv.server.decode_tokens_per_s,
-                "ttft": {
-                    "count": h.count,
-                    "mean_ms": _ms(h.sum / h.count) if h.count else None,
-                    "p50_ms": _ms(h.quantile(0.5)),
-                    "p95_ms": _ms(h.quantile(0.95)),
-                },
-            }
+            view = _view_dict(srv.server)
         servers.append(
             {
                 "url": srv.root,
@@ -234,36 +372,32 @@ def build(result: BenchResult) -> dict[str, Any]:
     return {
         "schema": SCHEMA_VERSION,
         "started_at": result.started_at,
-        "passed": slo_mod.all_passed(vs),
+        "passed": all(v["passed"] for v in vs) and bool(vs),
+        "verdict": _overall(vs),
+        "measured": result.measured,
         "settings": {
             "concurrency": list(s.concurrency),
             "requests": s.requests,
             "warmup": s.warmup,
             "autocomplete_max_tokens": s.autocomplete_max_tokens,
             "chat_max_tokens": s.chat_max_tokens,
+            "chat_context_chars": s.chat_context_chars,
             "top_k": s.top_k,
             "code_tree": search["tree"] if search else None,
         },
         "endpoints": {role: {"url": root, "model": model} for role, (root, model) in result.models.items()},
         "measurements": measurements,
-        "slos": [
-            {
-                "name": v.slo.name,
-                "metric": v.slo.metric,
-                "stat": v.slo.stat,
-                "op": v.slo.op,
-                "threshold": v.slo.threshold,
-                "unit": v.slo.unit,
-                "concurrency": v.concurrency,
-                "measured": v.measured,
-                "samples": v.samples,
-                "passed": v.passed,
-            }
-            for v in vs
-        ],
+        "slos": vs,
         "servers": servers,
         "search": search,
     }
+
+
+def _overall(vs: list[dict[str, Any]]) -> str:
+    statuses = [v["status"] for v in vs]
+    if slo_mod.FAIL in statuses:
+        return slo_mod.FAIL
+    return slo_mod.PASS if statuses and all(x == slo_mod.PASS for x in statuses) else slo_mod.INCONCLUSIVE
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -291,21 +425,90 @@ def _fmt(value: float | None, unit: str = "") -> str:
     return f"{value:.{digits}f}{' ' + unit if unit else ''}"
 
 
+_STYLE = {"PASS": "green", "FAIL": "bold red", "INSUFFICIENT": "yellow", "INCONCLUSIVE": "yellow"}
+
+
+def _bucket(b: list | None, unit: str) -> str:
+    if not b:
+        return ""
+    lo, hi = b
+    return f" (bucket {_fmt(lo)}-{_fmt(hi) if hi is not None else 'inf'})"
+
+
+def _server_cell(srv: dict[str, Any], unit: str) -> str:
+    """The server's figure; from a histogram's edge bucket only the bound it gives."""
+    lo, hi = srv["bucket"]
+    if srv["value"] is None:
+        bound = f"<= {_fmt(hi, unit)}" if lo == 0 else f">= {_fmt(lo, unit)}"
+        return f"{bound} ({srv['samples']})"
+    return f"{_fmt(srv['value'], unit)}{_bucket(srv['bucket'], unit)} ({srv['samples']})"
+
+
 def slo_table(doc: dict[str, Any]) -> Table:
-    t = Table(title="SLOs (seed)", title_justify="left")
-    for col in ("SLO", "objective", "concurrency", "measured", "samples", "result"):
-        t.add_column(col, justify="right" if col in ("concurrency", "measured", "samples") else "left")
+    t = Table(title="SLOs (seed): client view beside vLLM's histogram", title_justify="left")
+    for col in ("SLO", "objective", "conc.", "client (n)", "server (n)", "judged on", "result"):
+        t.add_column(col, justify="right" if col in ("conc.",) else "left", overflow="fold")
     for v in doc["slos"]:
-        result = "[green]PASS[/green]" if v["passed"] else "[bold red]FAIL[/bold red]"
+        c, srv = v["client"], v["server"]
+        client = f"{_fmt(c['value'], v['unit'])} ({c['samples']})" if c else "-"
+        server = "-"
+        if srv:
+            server = _server_cell(srv, v["unit"])
+        if v["disagree"]:
+            server += " [bold yellow]disagrees[/bold yellow]"
+        style = _STYLE[v["status"]]
         t.add_row(
             v["name"],
             f"{v['stat']} {v['op']} {v['threshold']:g} {v['unit']}",
             str(v["concurrency"]),
-            _fmt(v["measured"], v["unit"]),
-            str(v["samples"]),
-            result,
+            client,
+            server,
+            v["source"],
+            f"[{style}]{v['status']}[/{style}]",
         )
     return t
+
+
+def notes(doc: dict[str, Any]) -> list[str]:
+    """What the table cannot say in a cell: why a verdict is not PASS/FAIL, disagreements, what ran."""
+    out = []
+    for v in doc["slos"]:
+        if v["note"]:
+            out.append(f"{v['name']} at concurrency {v['concurrency']}: {v['note']}")
+        if v["disagree"]:
+            out.append(
+                f"warning: {v['name']} at concurrency {v['concurrency']}: the client's "
+                f"{_fmt(v['client']['value'], v['unit'])} lies outside the server's bucket "
+                f"{_bucket(v['server']['bucket'], v['unit']).strip()} by more than "
+                f"{slo_mod.DISAGREE_MARGIN:.0%}"
+            )
+    short = [v for v in doc["slos"] if v["status"] == slo_mod.INSUFFICIENT]
+    if short:
+        out.append(
+            f"{doc['settings']['requests']} requests per level are too few to judge a p95/p5 "
+            f"(needs {max(v['min_samples'] for v in short)}): those SLOs are INSUFFICIENT, not PASS"
+        )
+    return out
+
+
+def measured_lines(doc: dict[str, Any]) -> list[str]:
+    m = doc.get("measured") or {}
+    dev = m.get("device") or {}
+    gpus = ", ".join(g.get("name") or "?" for g in dev.get("gpus") or [])
+    lines = [f"Device (toolkit detect): {gpus or 'CPU only'}{' - ' + dev['cpu'] if dev.get('cpu') else ''}"]
+    for role, r in (m.get("roles") or {}).items():
+        extra = ", ".join(
+            f"{k.removeprefix('plan_')} {r[k]}" for k in ("plan_revision", "plan_quantization_label") if r.get(k)
+        )
+        lines.append(f"{role}: {r.get('plan_model') or r.get('weights') or r['served_as']} served as "
+                     f"{r['served_as']} at {r['url']} ({m.get('servers', {}).get(r['url']) or 'version unknown'}"
+                     f"{', ' + extra if extra else ''})")  # fmt: skip
+    fim = m.get("fim") or {}
+    prompt = "plain prefix (no family)"
+    if fim.get("family"):
+        prompt = f"FIM of {fim['family']}, {len(fim.get('stop_sent', []))} of {len(fim['stop'])} stop strings"
+    lines.append(f"autocomplete prompt: {prompt}")
+    return lines
 
 
 def measurements_table(doc: dict[str, Any]) -> Table:
@@ -314,7 +517,7 @@ def measurements_table(doc: dict[str, Any]) -> Table:
         t.add_column(col, justify="left" if col in ("workload", "metric") else "right")
     for m in doc["measurements"]:
         for name, s in m["metrics"].items():
-            if name == "tokens":
+            if name in _HIDDEN:
                 continue
             t.add_row(
                 m["workload"],
@@ -327,6 +530,26 @@ def measurements_table(doc: dict[str, Any]) -> Table:
                 _fmt(m["requests_per_s"]),
             )
     return t
+
+
+def prefix_cache_lines(doc: dict[str, Any]) -> list[str]:
+    """The second chat turn beside the first: what the prefix cache does to time to first token."""
+    by = {(m["workload"], m["concurrency"]): m for m in doc["measurements"]}
+    out = []
+    for c in doc["settings"]["concurrency"]:
+        first, second = by.get(("chat", c)), by.get(("chat_followup", c))
+        if not first or not second or "ttft_ms" not in first["metrics"] or "ttft_ms" not in second["metrics"]:
+            continue
+        hit = (second.get("server") or {}).get("prefix_cache_hit_rate")
+        p1 = first["metrics"].get("prompt_tokens", {}).get("p50")
+        p2 = second["metrics"].get("prompt_tokens", {}).get("p50")
+        out.append(
+            f"prefix cache at concurrency {c}: TTFT p50 first turn {_fmt(first['metrics']['ttft_ms']['p50'], 'ms')} "
+            f"({_fmt(p1)} prompt tokens), second turn {_fmt(second['metrics']['ttft_ms']['p50'], 'ms')} "
+            f"({_fmt(p2)} prompt tokens); server prefix-cache hit rate on the second turns "
+            f"{'-' if hit is None else f'{hit:.0%}'}"
+        )
+    return out
 
 
 def servers_table(doc: dict[str, Any]) -> Table:
@@ -454,8 +677,10 @@ def plot_html(doc: dict[str, Any]) -> str:
         verdict = [s for s in doc["slos"] if s["metric"] == key]
         tag = ""
         if verdict:
-            ok = all(v["passed"] for v in verdict)
-            tag = f' <span class="{"pass" if ok else "fail"}">{"PASS" if ok else "FAIL"}</span>'
+            st = _overall(verdict)
+            tag = f' <span class="{st.lower()}">{st}</span>'
+            if any(v["source"] == "server" for v in verdict):
+                tag += " (judged on the server's histogram: the stream was not per token)"
         sections.append(
             f"<section><h2>{html.escape(title)}{tag}</h2>"
             + _ecdf_svg(series, UNITS.get(metric, ""), thresholds.get(key), title)
@@ -464,20 +689,25 @@ def plot_html(doc: dict[str, Any]) -> str:
     rows = "".join(
         f"<tr><td>{html.escape(v['name'])}</td><td>{html.escape(v['stat'])} {html.escape(v['op'])} "
         f"{v['threshold']:g} {html.escape(v['unit'])}</td><td>{v['concurrency']}</td>"
-        f"<td>{_fmt(v['measured'], v['unit'])}</td><td>{v['samples']}</td>"
-        f'<td class="{"pass" if v["passed"] else "fail"}">{"PASS" if v["passed"] else "FAIL"}</td></tr>'
+        f"<td>{_fmt((v['client'] or {}).get('value'), v['unit'])} ({(v['client'] or {}).get('samples', 0)})</td>"
+        f"<td>{html.escape(_server_cell(v['server'], v['unit']) if v['server'] else '-')}"
+        f"{' disagrees' if v['disagree'] else ''}</td><td>{html.escape(v['source'])}</td>"
+        f'<td class="{v["status"].lower()}">{v["status"]}</td></tr>'
         for v in doc["slos"]
     )
+    what = "".join(f"<li>{html.escape(line)}</li>" for line in measured_lines(doc) + notes(doc))
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         f"<title>toolkit bench {html.escape(doc['started_at'])}</title><style>"
         "body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}"
         "td,th{border:1px solid #ccc;padding:4px 8px}.pass{color:#080;font-weight:bold}"
-        ".fail{color:#c00;font-weight:bold}section{margin:1.5em 0}</style></head><body>"
+        ".fail{color:#c00;font-weight:bold}.insufficient,.inconclusive{color:#b60;font-weight:bold}"
+        "section{margin:1.5em 0}</style></head><body>"
         f"<h1>toolkit bench, {html.escape(doc['started_at'])}</h1>"
         "<p>Each chart is an empirical CDF: for a latency, the share of requests that finished within x "
         "(further left is better); for decode speed, the share at or below x tokens/s (further right is "
         "better). The dashed line is the SLO.</p>"
-        "<table><tr><th>SLO</th><th>objective</th><th>concurrency</th><th>measured</th><th>samples</th>"
-        f"<th>result</th></tr>{rows}</table>" + "".join(sections) + "</body></html>\n"
+        f"<ul>{what}</ul>"
+        "<table><tr><th>SLO</th><th>objective</th><th>concurrency</th><th>client (n)</th><th>server (n)</th>"
+        f"<th>judged on</th><th>result</th></tr>{rows}</table>" + "".join(sections) + "</body></html>\n"
     )

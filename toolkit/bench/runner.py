@@ -17,14 +17,19 @@ from pathlib import Path
 import httpx
 
 from toolkit.bench import metrics, search, workloads
-from toolkit.bench.client import Api, Resolved, Tally, resolve
+from toolkit.bench.client import Api, Resolved, Tally, resolve, server_version
 from toolkit.bench.endpoints import Endpoints
 from toolkit.bench.metrics import ServerView
 
 # Called as progress(label, total) before a phase; returns the function to call after each step.
 Progress = Callable[[str, int], Callable[[], None]]
 
-WORKLOADS = ("autocomplete", "chat", "embed", "search")
+WORKLOADS = ("autocomplete", "chat", "chat_followup", "embed", "search")
+# The server each workload talks to.
+ROLE = {"autocomplete": "autocomplete", "chat": "chat", "chat_followup": "chat", "embed": "embed", "search": "embed"}
+# vLLM records a request's stats as the engine's outputs are processed, around the time the last
+# chunk is sent; a scrape right after the last answer may come a moment early.
+SETTLE_S = 3.0
 
 
 def no_progress(label: str, total: int) -> Callable[[], None]:
@@ -34,13 +39,18 @@ def no_progress(label: str, total: int) -> Callable[[], None]:
 @dataclass(frozen=True)
 class Settings:
     concurrency: tuple[int, ...] = (1, 4)
-    requests: int = 20
+    requests: int = 100  # per workload and level: enough for a p95 (20) several times over
     warmup: int = 2  # rounds: warmup x c unmeasured requests at each level c
     autocomplete_max_tokens: int = workloads.AUTOCOMPLETE_MAX_TOKENS
     chat_max_tokens: int = workloads.CHAT_MAX_TOKENS
+    chat_context_chars: int = workloads.CHAT_CONTEXT_CHARS
+    autocomplete_context_chars: int = workloads.PREFIX_CHARS + workloads.SUFFIX_CHARS
+    fim: workloads.Fim = workloads.PLAIN
+    max_stop_words: int | None = workloads.MAX_STOP_WORDS  # Continue's maxStopWords; None: every stop
     top_k: int = workloads.SEARCH_TOP_K
     code_tree: Path | None = None
     timeout_s: float = 120.0
+    plan_models: dict | None = None  # role -> what the plan says it serves (revision, quantization)
 
 
 @dataclass
@@ -52,6 +62,7 @@ class Measurement:
     values: dict[str, list[float]]
     requests: int
     wall_s: float
+    server: ServerView | None = None  # the workload's server, scraped around this level alone
 
 
 @dataclass
@@ -85,6 +96,7 @@ class BenchResult:
     measurements: list[Measurement] = field(default_factory=list)
     servers: list[ServerReport] = field(default_factory=list)
     search: SearchInfo | None = None
+    measured: dict = field(default_factory=dict)  # what was measured: models, versions, device
 
 
 async def run_level(
@@ -106,26 +118,69 @@ async def run_level(
     return values, time.perf_counter() - start
 
 
+RequestFn = Callable[[int, str], Awaitable[dict[str, float]]]
+
+
 def _request_fns(
-    api: Api, res: dict[str, Resolved], s: Settings, index: search.Index
-) -> dict[str, Callable[[int], Awaitable[dict[str, float]]]]:
-    async def autocomplete(i: int) -> dict[str, float]:
-        return await api.complete(
-            res["autocomplete"], workloads.pick(workloads.AUTOCOMPLETE_PREFIXES, i), s.autocomplete_max_tokens
-        )
+    api: Api, res: dict[str, Resolved], s: Settings, index: search.Index, session: str
+) -> dict[str, RequestFn]:
+    """One function per workload: ``fn(i, phase)`` sends request i of a phase ("warm-1", "run-4")."""
+    files = search.collect(index.tree)
+    # Continue's split of the prompt budget: at most a fifth after the cursor.
+    suffix_chars = s.autocomplete_context_chars // 5
+    cursors = workloads.cursors(index.tree, files, prefix_chars=s.autocomplete_context_chars - suffix_chars,
+                                suffix_chars=suffix_chars)  # fmt: skip
+    contexts = workloads.chat_contexts(index.tree, files, s.chat_context_chars)
+    stops = s.fim.stop if s.max_stop_words is None else s.fim.stop[: s.max_stop_words]
+    conversations: dict[tuple[str, int], tuple[list[dict[str, str]], str]] = {}
 
-    async def chat(i: int) -> dict[str, float]:
-        return await api.chat(res["chat"], workloads.pick(workloads.CHAT_PROMPTS, i), s.chat_max_tokens)
+    async def autocomplete(i: int, phase: str) -> dict[str, float]:
+        cur = workloads.pick(cursors, i)
+        prompt = s.fim.render(cur.prefix, cur.suffix if s.fim.family else "")
+        return await api.complete(res["autocomplete"], prompt, s.autocomplete_max_tokens, stops)
 
-    async def embed(i: int) -> dict[str, float]:
+    async def chat(i: int, phase: str) -> dict[str, float]:
+        messages = workloads.first_turn(f"{session}-{phase}-{i}", workloads.pick(contexts, i), i)
+        sample, answer = await api.chat(res["chat"], messages, s.chat_max_tokens)
+        conversations[(phase, i)] = (messages, answer)
+        return sample
+
+    async def chat_followup(i: int, phase: str) -> dict[str, float]:
+        # The second turn of the conversation chat(i) began at this level: its prompt is that
+        # whole first turn plus the answer, so the prefix cache holds most of it.
+        messages, answer = conversations.pop((phase, i))
+        sample, _ = await api.chat(res["chat"], workloads.second_turn(messages, answer, i), s.chat_max_tokens)
+        return sample
+
+    async def embed(i: int, phase: str) -> dict[str, float]:
         _, elapsed = await api.embed(res["embed"], [workloads.pick(workloads.EMBED_INPUTS, i)])
         return {"latency_ms": elapsed * 1000.0}
 
-    async def search_q(i: int) -> dict[str, float]:
+    async def search_q(i: int, phase: str) -> dict[str, float]:
         _, elapsed = await search.query(api, res["embed"], index, workloads.pick(workloads.SEARCH_QUERIES, i), s.top_k)
         return {"latency_ms": elapsed * 1000.0}
 
-    return {"autocomplete": autocomplete, "chat": chat, "embed": embed, "search": search_q}
+    return {
+        "autocomplete": autocomplete,
+        "chat": chat,
+        "chat_followup": chat_followup,
+        "embed": embed,
+        "search": search_q,
+    }
+
+
+async def _settled_scrape(
+    client: httpx.Client, root: str, before: list[metrics.MetricSample] | None, sent: int
+) -> list[metrics.MetricSample] | None:
+    """A scrape that already counts the ``sent`` requests (or the last one after SETTLE_S)."""
+    deadline = time.monotonic() + SETTLE_S
+    while True:
+        after = await asyncio.to_thread(metrics.scrape, client, root)
+        if after is None or before is None or time.monotonic() > deadline:
+            return after
+        if metrics.total(after, metrics.REQUESTS) - metrics.total(before, metrics.REQUESTS) >= sent:
+            return after
+        await asyncio.sleep(0.05)
 
 
 def _scrape_all(client: httpx.Client, roots: list[str]) -> dict[str, list[metrics.MetricSample] | None]:
@@ -155,22 +210,31 @@ async def _run(endpoints: Endpoints, api_key: str | None, s: Settings, progress:
                 bar[0]()
 
             index = await search.build(api, res["embed"], tree, db_dir, on_batch)
-            fns = _request_fns(api, res, s, index)
+            session = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+            fns = _request_fns(api, res, s, index, session)
+
+            def level_fn(name: str, phase: str) -> Callable[[int], Awaitable[dict[str, float]]]:
+                return lambda i: fns[name](i, phase)
 
             # Warm-up rounds at every level: a batch size the server has not seen yet can stall
             # (CPU builds compile kernels per shape), and that stall is not what users live with.
             step = progress("warm-up", s.warmup * sum(s.concurrency) * len(WORKLOADS))
-            for name in WORKLOADS:
-                for c in s.concurrency:
-                    await run_level(fns[name], s.warmup * c, c, step)
+            for c in s.concurrency:
+                for name in WORKLOADS:
+                    await run_level(level_fn(name, f"warm-{c}"), s.warmup * c, c, step)
 
             before = await asyncio.to_thread(_scrape_all, sync_client, roots)
             tally.reset()
-            for name in WORKLOADS:
-                for c in s.concurrency:
+            for c in s.concurrency:
+                for name in WORKLOADS:
+                    root = res[ROLE[name]].endpoint.root
+                    sent0 = tally.requests[root]
+                    b0 = await asyncio.to_thread(metrics.scrape, sync_client, root)
                     step = progress(f"{name} x{c}", s.requests)
-                    values, wall = await run_level(fns[name], s.requests, c, step)
-                    result.measurements.append(Measurement(name, c, values, s.requests, wall))
+                    values, wall = await run_level(level_fn(name, f"run-{c}"), s.requests, c, step)
+                    a0 = await _settled_scrape(sync_client, root, b0, tally.requests[root] - sent0)
+                    view = metrics.view(b0, a0) if b0 is not None and a0 is not None else None
+                    result.measurements.append(Measurement(name, c, values, s.requests, wall, view))
             after = await asyncio.to_thread(_scrape_all, sync_client, roots)
             sent_requests, sent_tokens = dict(tally.requests), dict(tally.generation_tokens)
 
@@ -179,6 +243,28 @@ async def _run(endpoints: Endpoints, api_key: str | None, s: Settings, progress:
             result.search = SearchInfo(
                 str(tree), index.files, index.chunks, index.dimensions, index.index_s, s.top_k, probe, hits
             )
+
+        result.measured = {
+            "roles": {
+                role: {
+                    "url": r.endpoint.root,
+                    "served_as": r.model,
+                    "weights": (r.listed or {}).get("root"),
+                    "max_model_len": (r.listed or {}).get("max_model_len"),
+                    **{f"plan_{k}": v for k, v in ((s.plan_models or {}).get(role) or {}).items()},
+                }
+                for role, r in res.items()
+            },
+            "servers": {root: server_version(sync_client, root, api_key) for root in roots},
+            "device": _device(),
+            "fim": {
+                "family": s.fim.family,
+                "template": s.fim.template,
+                "stop": list(s.fim.stop),
+                "stop_sent": list(s.fim.stop if s.max_stop_words is None else s.fim.stop[: s.max_stop_words]),
+                "max_tokens": s.autocomplete_max_tokens,
+            },
+        }
 
     for root in roots:
         b, a = before[root], after[root]
@@ -192,6 +278,25 @@ async def _run(endpoints: Endpoints, api_key: str | None, s: Settings, progress:
             )
         )
     return result
+
+
+def _device() -> dict:
+    """``toolkit detect`` on the machine the bench ran on (the servers' machine when run there)."""
+    from toolkit import detection
+
+    try:
+        facts = detection.detect()
+    except Exception as err:  # detection must not cost the run its figures
+        return {"kind": "unknown", "message": f"toolkit detect failed: {type(err).__name__}"}
+    gpus = facts.get("gpus") or []
+    return {
+        "kind": "gpu" if gpus else "cpu",
+        "message": facts.get("message"),
+        "gpus": [{k: g.get(k) for k in ("name", "memory_total_bytes", "compute_capability")} for g in gpus],
+        "driver": facts.get("driver_version"),
+        "cpu": facts.get("cpu", {}).get("model") if isinstance(facts.get("cpu"), dict) else None,
+        "cpu_count": facts.get("cpu", {}).get("count") if isinstance(facts.get("cpu"), dict) else None,
+    }
 
 
 def run(endpoints: Endpoints, api_key: str | None, settings: Settings, progress: Progress = no_progress) -> BenchResult:

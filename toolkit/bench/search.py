@@ -217,3 +217,130 @@ async def query(api: Api, embed: Resolved, index: Index, text: str, k: int) -> t
     vectors, _ = await api.embed(embed, [text])
     hits = await asyncio.to_thread(index.search, vectors[0], k)
     return hits, time.perf_counter() - start
+
+
+# --- search latency against index size (synthetic vectors) ---------------------------------------
+#
+# Continue's codebase index keeps its chunks in LanceDB and searches without a vector index
+# (core/indexing/LanceDbIndex.ts: table.search(vector).limit(n)), i.e. a flat scan whose cost grows
+# with the index. ``scale_point`` measures that scan and an IVF-PQ index (with exact re-ranking of
+# its candidates) on one table of synthetic vectors, and the ANN's recall@k against the flat scan.
+
+
+@dataclass(frozen=True)
+class ScalePoint:
+    rows: int
+    dims: int
+    queries: int
+    k: int
+    load_s: float  # writing the table
+    index_s: float  # training and writing the ANN index
+    flat_ms: dict[str, float]  # p50 / p95 / mean of one top-k query, flat scan
+    ann_ms: dict[str, float]  # the same through the ANN index
+    recall_at_k: float  # mean share of the flat scan's top k that the ANN also returned
+    ann: dict[str, Any]  # the index's parameters
+
+
+def synthetic_vectors(n: int, dims: int, seed: int, batch: int = 50_000) -> Iterator[Any]:
+    """Unit vectors in batches (numpy float32), clustered like embeddings of code are.
+
+    Uniform random vectors in hundreds of dimensions have no neighbourhoods, which would make any
+    ANN index look worse than it is on real embeddings; 256 Gaussian clusters give them some.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((256, dims), dtype=np.float32)
+    for start in range(0, n, batch):
+        m = min(batch, n - start)
+        v = centres[rng.integers(0, len(centres), m)] + 0.6 * rng.standard_normal((m, dims), dtype=np.float32)
+        yield v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def _summary_ms(seconds: list[float]) -> dict[str, float]:
+    from toolkit.bench.stats import percentile
+
+    ms = [s * 1000.0 for s in seconds]
+    return {"p50": percentile(ms, 50), "p95": percentile(ms, 95), "mean": sum(ms) / len(ms)}
+
+
+def ann_params(rows: int, dims: int) -> dict[str, Any]:
+    """IVF-PQ settings that LanceDB's guidance gives for the size: ~sqrt(rows) partitions, 16-dim sub-vectors."""
+    partitions = max(1, min(4096, int(rows**0.5)))
+    return {
+        "index_type": "IVF_PQ",
+        "num_partitions": partitions,
+        "num_sub_vectors": max(1, dims // 16),
+        "nprobes": max(1, min(partitions, 20)),
+        "refine_factor": 10,
+    }
+
+
+def scale_point(rows: int, dims: int, db_dir: Path, queries: int = 50, k: int = 10, seed: int = 0) -> ScalePoint:
+    """One point of the curve: ``rows`` synthetic chunks of ``dims`` dimensions in a fresh LanceDB table."""
+    import lancedb
+    import numpy as np
+    import pyarrow as pa
+
+    if rows < k or queries < 1:
+        raise UsageError(f"a scaling point needs at least k={k} rows and one query")
+    db = lancedb.connect(str(db_dir))
+    name = f"scale_{rows}_{dims}"
+    start = time.perf_counter()
+    table = None
+    sample = []
+    row_id = 0
+    for vecs in synthetic_vectors(rows, dims, seed):
+        flat = pa.array(vecs.reshape(-1), type=pa.float32())
+        batch = pa.table(
+            {
+                "id": pa.array(np.arange(row_id, row_id + len(vecs)), type=pa.int64()),
+                "vector": pa.FixedSizeListArray.from_arrays(flat, dims),
+            }
+        )
+        if len(sample) < queries:
+            sample.extend(vecs[: queries - len(sample)])
+        row_id += len(vecs)
+        if table is None:
+            table = db.create_table(name, data=batch, mode="overwrite")
+        else:
+            table.add(batch)
+    load_s = time.perf_counter() - start
+    # Queries near stored chunks (a question lands near its answer), but not copies of them.
+    rng = np.random.default_rng(seed + 1)
+    # Noise of norm ~0.3 against unit vectors, whatever the dimension (per-dimension 0.3 / sqrt(dims)).
+    noise = rng.standard_normal((len(sample), dims), dtype=np.float32) * (0.3 / dims**0.5)
+    qs = np.asarray(sample, dtype=np.float32) + noise
+    qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+
+    def timed(run: Callable[[Any], list[int]]) -> tuple[list[list[int]], list[float]]:
+        for q in qs[:3]:
+            run(q)  # the first queries open files and fill caches
+        ids, secs = [], []
+        for q in qs:
+            t0 = time.perf_counter()
+            ids.append(run(q))
+            secs.append(time.perf_counter() - t0)
+        return ids, secs
+
+    def flat_q(q: Any) -> list[int]:
+        return [r["id"] for r in table.search(q).bypass_vector_index().limit(k).select(["id"]).to_list()]
+
+    flat_ids, flat_s = timed(flat_q)
+    params = ann_params(rows, dims)
+    t0 = time.perf_counter()
+    table.create_index(
+        index_type=params["index_type"],
+        num_partitions=params["num_partitions"],
+        num_sub_vectors=params["num_sub_vectors"],
+    )
+    index_s = time.perf_counter() - t0
+
+    def ann_q(q: Any) -> list[int]:
+        query = table.search(q).nprobes(params["nprobes"]).refine_factor(params["refine_factor"])
+        return [r["id"] for r in query.limit(k).select(["id"]).to_list()]
+
+    ann_ids, ann_s = timed(ann_q)
+    recall = sum(len(set(a) & set(f)) / k for a, f in zip(ann_ids, flat_ids, strict=True)) / len(qs)
+    db.drop_table(name)
+    return ScalePoint(rows, dims, len(qs), k, load_s, index_s, _summary_ms(flat_s), _summary_ms(ann_s), recall, params)

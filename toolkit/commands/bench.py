@@ -52,7 +52,12 @@ def bench_cmd(
         "--concurrency",
         help="Concurrency levels, comma-separated; every workload runs at each and every SLO is judged at each.",
     ),
-    requests: int = typer.Option(20, "--requests", min=1, help="Measured requests per workload and level."),
+    requests: int = typer.Option(
+        100,
+        "--requests",
+        min=1,
+        help="Measured requests per workload and level (a p95 or p5 needs 20; fewer: INSUFFICIENT).",
+    ),
     warmup: int = typer.Option(
         2, "--warmup", min=0, help="Warm-up rounds: WARMUP x C unmeasured requests per workload at each level C."
     ),
@@ -64,6 +69,31 @@ def bench_cmd(
         "--chat-max-tokens",
         min=2,
         help="Tokens per chat answer (decode speed is measured over them).",
+    ),
+    chat_context_chars: int = typer.Option(
+        workloads.CHAT_CONTEXT_CHARS,
+        "--chat-context-chars",
+        min=100,
+        help="Characters of code from --code-tree in each chat question (~4 per token).",
+    ),
+    autocomplete_context_chars: int = typer.Option(
+        workloads.PREFIX_CHARS + workloads.SUFFIX_CHARS,
+        "--autocomplete-context-chars",
+        min=50,
+        help="Characters of code around the cursor per autocomplete prompt (4/5 before it, 1/5 after).",
+    ),
+    autocomplete_family: str = typer.Option(
+        None,
+        "--autocomplete-family",
+        help="Model family whose FIM template and stops (tiers.yaml families:) autocomplete uses; "
+        "default: the plan's autocomplete model's family, else a plain prefix.",
+    ),
+    max_stop_words: int = typer.Option(
+        workloads.MAX_STOP_WORDS,
+        "--max-stop-words",
+        min=0,
+        help="Send the first N of the family's stop strings, as Continue does with maxStopWords N (the "
+        "continue role writes 4 for vLLM, whose default limit is 4).",
     ),
     top_k: int = typer.Option(workloads.SEARCH_TOP_K, "--top-k", min=1, help="Hits per codebase search."),
     code_tree: Path = typer.Option(
@@ -91,7 +121,8 @@ def bench_cmd(
 
     \b
     Exit codes: 0 every SLO passed; 1 an SLO failed; 2 bad arguments or plan file;
-    3 an endpoint is down or answers wrongly (wrong model, bad key, not an OpenAI answer).
+    3 an endpoint is down or answers wrongly (wrong model, bad key, not an OpenAI answer);
+    4 none failed but some could not be judged (INSUFFICIENT samples or INCONCLUSIVE).
     """
     levels = _levels(concurrency)
     if code_tree is not None and not code_tree.is_dir():
@@ -99,8 +130,9 @@ def bench_cmd(
     urls = (chat_url, autocomplete_url, embed_url)
     if plan is not None and any(urls):
         raise UsageError("give either --plan or the --*-url options, not both")
-    if plan is not None:
-        endpoints = ep_mod.from_plan(ep_mod.load_plan(plan), host)
+    plan_doc = ep_mod.load_plan(plan) if plan is not None else None
+    if plan_doc is not None:
+        endpoints = ep_mod.from_plan(plan_doc, host)
     elif all(urls):
         endpoints = ep_mod.from_urls(chat_url, autocomplete_url, embed_url, chat_model, autocomplete_model, embed_model)
     else:
@@ -109,12 +141,25 @@ def bench_cmd(
     api_key, warning = ep_mod.read_api_key(api_key_file)
     if warning:
         err.print(f"toolkit: warning: {warning}", highlight=False)
+    from toolkit.planning import load_tiers
+
+    tiers = load_tiers()
+    plan_models = ep_mod.plan_models(plan_doc) if plan_doc is not None else None
+    family = autocomplete_family or workloads.family_of(
+        (plan_models or {}).get("autocomplete", {}).get("model_key"), tiers
+    )
+    fim = workloads.fim_for_family(family, tiers) if family else workloads.PLAIN
     settings = runner.Settings(
         concurrency=levels,
         requests=requests,
         warmup=warmup,
         autocomplete_max_tokens=max_tokens,
         chat_max_tokens=chat_max_tokens,
+        chat_context_chars=chat_context_chars,
+        autocomplete_context_chars=autocomplete_context_chars,
+        fim=fim,
+        max_stop_words=max_stop_words,
+        plan_models=plan_models,
         top_k=top_k,
         code_tree=code_tree,
         timeout_s=timeout,
@@ -148,15 +193,32 @@ def bench_cmd(
         sys.stdout.write(report.to_json(doc))
     else:
         console = Console()
+        for line in report.measured_lines(doc):
+            console.print(line, highlight=False)
         console.print(report.slo_table(doc))
+        for line in report.notes(doc):
+            console.print(line, highlight=False)
         console.print(report.measurements_table(doc))
         console.print(report.servers_table(doc))
+        for line in report.prefix_cache_lines(doc):
+            console.print(line, highlight=False)
         for line in report.search_lines(doc):
             console.print(line, highlight=False)
         console.print(f"Wrote {json_path} and {plot_path}", highlight=False)
-    if not doc["passed"]:
-        failed = [f"{v['name']} at concurrency {v['concurrency']}" for v in doc["slos"] if not v["passed"]]
+    if doc["verdict"] == "FAIL":
+        failed = [f"{v['name']} at concurrency {v['concurrency']}" for v in doc["slos"] if v["status"] == "FAIL"]
         raise CheckFailed(f"{len(failed)} of {len(doc['slos'])} SLO checks failed: {'; '.join(failed)}")
+    if doc["verdict"] == "INCONCLUSIVE":
+        open_ = [
+            f"{v['name']} at concurrency {v['concurrency']} ({v['status']})" for v in doc["slos"] if not v["passed"]
+        ]
+        raise Inconclusive(f"{len(open_)} of {len(doc['slos'])} SLO checks could not be judged: {'; '.join(open_)}")
+
+
+class Inconclusive(CheckFailed):
+    """No SLO failed, but some could not be judged: too few samples, or no figure the run supports."""
+
+    exit_code = 4
 
 
 def register(app: typer.Typer) -> None:
