@@ -287,7 +287,10 @@ def test_nft_check_refuses_a_bad_address_before_anything_is_loaded(
     bad = render_ruleset(
         _service_uids(users),
         egress_guard_mode="host_wide",
-        egress_guard_allowlist=[{"cidr": "198.51.100.300/32", "proto": "any"}],
+        # Past the role's filters on purpose (they refuse it first): nft -c on its own.
+        _egress_guard_allowlist=[
+            {"family": "ip", "cidr": "198.51.100.300/32", "proto": "any", "ports": [], "comment": "x"}
+        ],
     )
     path = tmp_path / "bad.nft"
     path.write_text(bad)
