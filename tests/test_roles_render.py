@@ -150,7 +150,10 @@ def render_refused(tmp_path: Path, role: str, template: str, extra: dict) -> str
     """Runs the role's validate.yml then its template, expecting a refusal; returns the output
     after asserting that no unit file was written."""
     tasks = [
-        {"name": "Validate", "ansible.builtin.include_role": {"name": role, "tasks_from": "validate.yml", "public": True}},
+        {
+            "name": "Validate",
+            "ansible.builtin.include_role": {"name": role, "tasks_from": "validate.yml", "public": True},
+        },
         {
             "name": "Render",
             "ansible.builtin.template": {

@@ -49,7 +49,9 @@ def main() -> None:
     if problems:
         rrc, _, rerr = module.run_command([nft, "-f", module.params["restore"]])
         restored = "the previous ruleset was loaded back" if rrc == 0 else f"restoring failed: {rerr.strip()}"
-        module.fail_json(msg=f"the loaded guard differs from its intent ({restored}): " + "; ".join(problems), problems=problems)
+        module.fail_json(
+            msg=f"the loaded guard differs from its intent ({restored}): " + "; ".join(problems), problems=problems
+        )
     module.exit_json(changed=False, problems=[])
 
 

@@ -51,9 +51,7 @@ def safe_text(value: Any, what: str = "value") -> str:
 
 def safe_port(value: Any, what: str = "port") -> int:
     """A TCP/UDP port 1-65535: an int or a string of digits, never a bool."""
-    if isinstance(value, bool) or not (
-        isinstance(value, int) or (isinstance(value, str) and _DIGITS.fullmatch(value))
-    ):
+    if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, str) and _DIGITS.fullmatch(value))):
         raise UnsafeValue(f"{what} must be an integer 1-65535, not {_show(value)}")
     port = int(value)
     if not 1 <= port <= 65535:
@@ -167,9 +165,8 @@ def service_env(
         want = str(want)
         for name, layer in layers:
             if key in layer and str(layer[key]) != want:
-                raise UnsafeValue(
-                    f"{what}: {key} must stay {want} (telemetry off, offline, loopback); {name} sets it to {_show(str(layer[key]))}"
-                )
+                got = _show(str(layer[key]))
+                raise UnsafeValue(f"{what}: {key} must stay {want}; {name} sets it to {got}")
         if key not in (required or {}):
             raise UnsafeValue(f"{what}: {required_name} lacks {key}={want}, which may not be dropped")
     return env
