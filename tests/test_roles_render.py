@@ -330,3 +330,104 @@ def test_example_fleet_inventory_gives_each_gpu_tier_its_overrides():
     assert hostvars["ws-rtx3060-01.example.internal"]["toolkit_plan_overrides"]["embed"] == {"backend": "ollama"}
     assert all(h["vllm_pip_index_url"].startswith("https://") for h in hostvars.values())
     assert len(hostvars) == 5
+
+
+def _filters():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "safe_values", REPO / "roles/safe_values/filter_plugins/safe_values.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SV = _filters()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "192.0.2.0/24\n",
+        "192.0.2.0/24\r",
+        " 192.0.2.0/24",
+        "192.0.2.1/24",
+        "192.0.2.0/255.255.255.0",
+        "fe80::1%eth0",
+        "192.0.2.0/24\u2028",
+        "192.0.2.0/33",
+        "example.org",
+        3232235520,
+        True,
+    ],
+)
+def test_cidr_filter_refuses_what_ipaddress_or_nft_would_read_differently(value):
+    with pytest.raises(SV.UnsafeValue):
+        SV.safe_cidr(value, "cidr")
+
+
+def test_cidr_filter_normalises_hosts_and_networks():
+    assert SV.safe_cidr("192.0.2.0/24") == "192.0.2.0/24"
+    assert SV.safe_cidr("2001:DB8::/32") == "2001:db8::/32"
+    assert SV.safe_cidr("198.51.100.7") == "198.51.100.7"
+    assert SV.safe_address("2001:db8:0::1") == "2001:db8::1"
+
+
+@pytest.mark.parametrize("value", [0, -5, 65536, 99999, True, False, "80\n", "0x50", 80.0, None, [80]])
+def test_port_filter_takes_only_integers_1_to_65535(value):
+    with pytest.raises(SV.UnsafeValue):
+        SV.safe_port(value, "port")
+
+
+def test_port_filter_takes_ints_and_digit_strings():
+    assert SV.safe_port(1) == 1 and SV.safe_port("65535") == 65535
+
+
+@pytest.mark.parametrize("ch", ["\n", "\r", "\x00", "\x1b", "\x7f", "\x85", "\u2028", "\u2029", "\ufeff"])
+def test_systemd_quoting_refuses_every_line_breaking_or_control_character(ch):
+    with pytest.raises(SV.UnsafeValue, match="control character"):
+        SV.systemd_exec_arg(f"a{ch}ExecStartPre=+/bin/id")
+    with pytest.raises(SV.UnsafeValue, match="control character"):
+        SV.systemd_env(f"X=a{ch}b")
+
+
+def test_systemd_quoting_escapes_quotes_backslashes_and_specifiers():
+    assert SV.systemd_exec_arg("it's 100% $HOME \\n;") == "'it\\'s 100%% $$HOME \\\\n;'"
+    assert SV.systemd_env("X=it's 100% $HOME") == "'X=it\\'s 100%% $HOME'"
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        ([*CHAT_ARGS, "--host", "0.0.0.0"], "exactly once"),
+        (["--host", "0.0.0.0", *CHAT_ARGS], "exactly once"),
+        ([*CHAT_ARGS, "--host=0.0.0.0"], "exactly once"),
+        (["--model", "m", "--host=127.0.0.1", "--port", "8000", "--hos", "::"], "abbreviates"),
+        (["--model", "m", "--port", "8000"], "exactly once"),
+        ([*CHAT_ARGS[:-1], "8001"], "exactly once"),
+        ([*CHAT_ARGS, "--", "--host", "0.0.0.0"], "end option parsing"),
+        ([*CHAT_ARGS, "--config", "/tmp/c.yaml"], "--config is refused"),
+        ([*CHAT_ARGS, "--host"], "--host has no value"),
+        (" ".join(CHAT_ARGS), "must be a list"),
+        ([*CHAT_ARGS, True], "not bool"),
+    ],
+)
+def test_final_argv_is_read_with_argparse_semantics(args, why):
+    with pytest.raises(SV.UnsafeValue, match=why):
+        SV.loopback_argv(args, "127.0.0.1", 8000, "vllm-chat")
+
+
+def test_final_argv_accepts_the_equals_form_once():
+    args = ["--model", "m", "--host=127.0.0.1", "--port=8000", "--hf-overrides", '{"a": "$x"}']
+    assert SV.loopback_argv(args, "127.0.0.1", "8000") == args
+
+
+def test_locked_env_cannot_be_overridden_or_dropped():
+    locked = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
+    env = SV.service_env({"A": 1}, {"B": "x"}, dict(locked), locked, {"HOME": "/h"})
+    assert env == {"A": "1", "B": "x", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "HOME": "/h"}
+    with pytest.raises(SV.UnsafeValue, match=r"^svc: HF_HUB_OFFLINE must stay 1; plan env sets it to '0'$"):
+        SV.service_env({"HF_HUB_OFFLINE": "0"}, {}, dict(locked), locked, what="svc")
+    with pytest.raises(SV.UnsafeValue, match="^svc: required env lacks VLLM_NO_USAGE_STATS=1"):
+        SV.service_env({}, {}, {}, locked, what="svc")
