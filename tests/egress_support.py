@@ -33,6 +33,21 @@ WS_ADDR2, PEER_ADDR2 = "203.0.113.1", "203.0.113.2"
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
+def _safe_values() -> Any:
+    """The safe_values role's filter plugin, the code the role validates with."""
+    import importlib.util
+
+    path = REPO / "roles" / "safe_values" / "filter_plugins" / "safe_values.py"
+    spec = importlib.util.spec_from_file_location("safe_values", path)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+safe_values = _safe_values()
+
+
 def role_defaults() -> dict[str, Any]:
     return yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
 
@@ -52,6 +67,12 @@ def render_ruleset(uids: list[tuple[str, int]], **overrides: Any) -> str:
         _egress_guard_controller="",
     )
     variables.update(overrides)
+    # What validate.yml sets from the inputs (the same filters; a hostile value raises here too).
+    variables.setdefault("_egress_guard_allowlist", safe_values.nft_allowlist(variables["egress_guard_allowlist"]))
+    variables.setdefault(
+        "_egress_guard_sinkhole_addresses",
+        [safe_values.safe_cidr(a) for a in variables["egress_guard_sinkhole_addresses"]],
+    )
     return env.get_template(TEMPLATE).render(**variables)
 
 

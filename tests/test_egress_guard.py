@@ -65,6 +65,44 @@ def test_recorded_table_parses_to_covered_uids_counters_and_mode() -> None:
     assert counts == {"blocked_uid_999": 2, "blocked_uid_995": 0, "blocked_host": 1}
 
 
+RECORDED_INTENT = {
+    "uids": [999, 995],
+    "host_wide": True,
+    "allowlist": [{"cidr": "198.51.100.2/32", "proto": "tcp", "ports": [8080]}],
+    "controller": "",
+    "sinkhole_addresses": [],
+}
+
+
+def test_recorded_table_matches_its_intent_and_guard_001_passes() -> None:
+    view = parse_ruleset(RECORDED, RECORDED_INTENT)
+    assert view.problems == ()
+    (g1,) = [f for f in guard_findings(_state(ruleset=view, intent_source="intent.json")) if f.control == "GUARD-001"]
+    assert g1.status == "pass" and g1.evidence["intent"] == "intent.json"
+
+
+def test_guard_001_fails_when_the_loaded_allowlist_differs_from_the_intent() -> None:
+    intent = {**RECORDED_INTENT, "allowlist": [{"cidr": "198.51.100.2/32", "proto": "tcp", "ports": [443]}]}
+    view = parse_ruleset(RECORDED, intent)
+    assert view.problems == (
+        "intended rule missing: ip daddr 198.51.100.2 tcp dport 443 accept",
+        "rule not in the intent: ip daddr 198.51.100.2 tcp dport 8080 accept",
+    )
+    g1 = guard_findings(_state(ruleset=view, intent_source="/var/lib/toolkit/egress_guard/intent.json"))[0]
+    assert g1.status == "fail"
+    assert g1.detail.startswith("loaded ruleset differs from intent /var/lib/toolkit/egress_guard/intent.json: ")
+
+
+def test_guard_001_fails_on_an_unconditional_accept_even_without_an_intent() -> None:
+    doc = json.loads(json.dumps(RECORDED))
+    rules = [it["rule"] for it in doc["nftables"] if "rule" in it and it["rule"]["chain"] == "output"]
+    allow = next(r for r in rules if any("accept" in e for e in r["expr"]) and "198.51.100.2" in json.dumps(r))
+    allow["expr"] = [{"accept": None}]  # what "cidr: 198.51.100.2/32\\n" used to render
+    g1 = guard_findings(_state(ruleset=parse_ruleset(doc)))[0]
+    assert g1.status == "fail"
+    assert "output rule 7 accepts everything (it carries no match)" in g1.detail
+
+
 def test_no_table_parses_to_absent() -> None:
     assert not parse_ruleset(None).present
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import require_binary, require_root
 from egress_support import (
     OTHER_USER,
@@ -27,12 +28,22 @@ from egress_support import (
     make_pair,
     nsx,
     render_ruleset,
+    safe_values,
     sh,
     tcp_listener,
     throwaway_users,
 )
 
-from toolkit.guard import collect_guard_state, guard_findings, load_phone_home
+from toolkit.guard import (
+    GuardState,
+    collect_guard_state,
+    guard_findings,
+    load_phone_home,
+    parse_ruleset,
+    read_ruleset,
+    resolve_users,
+)
+from toolkit.module_utils.egress_intent import intent_problems
 
 pytestmark = [pytest.mark.root]
 
@@ -287,7 +298,10 @@ def test_nft_check_refuses_a_bad_address_before_anything_is_loaded(
     bad = render_ruleset(
         _service_uids(users),
         egress_guard_mode="host_wide",
-        egress_guard_allowlist=[{"cidr": "198.51.100.300/32", "proto": "any"}],
+        # Past the role's filters on purpose (they refuse it first): nft -c on its own.
+        _egress_guard_allowlist=[
+            {"family": "ip", "cidr": "198.51.100.300/32", "proto": "any", "ports": [], "comment": "x"}
+        ],
     )
     path = tmp_path / "bad.nft"
     path.write_text(bad)
@@ -356,3 +370,45 @@ def test_audit_in_the_namespace_reports_the_guard_and_what_it_blocked(
     assert ctl["GUARD-002"]["status"] == "blocked" and f"{PEER_ADDR}:4343/udp" in json.dumps(ctl["GUARD-002"])
     assert ctl["EGRESS-001"]["status"] == "pass"  # blocked before the wire: nothing escaped
     assert not [f for f in report["findings"] if f.get("remote_port") == 4343]
+
+
+def test_block_scalar_allowlist_is_refused_and_what_it_used_to_render_is_caught_loaded(
+    pair: Pair, users: dict[str, int], tmp_path: Path
+) -> None:
+    """A YAML `|` block gives "192.0.2.0/24\\n". The filters refuse it; rendered past them (as the
+    old template did) it splits into a bare match and an unconditional accept, which lets root
+    reach the peer; the intent check and GUARD-001 name that rule once it is loaded."""
+    entry = yaml.safe_load("cidr: |\n  192.0.2.0/24\nproto: any\n")
+    assert entry["cidr"] == "192.0.2.0/24\n"
+    with pytest.raises(safe_values.UnsafeValue, match="control character"):
+        render_ruleset(_service_uids(users), egress_guard_mode="host_wide", egress_guard_allowlist=[entry])
+
+    # What the refused value renders when it gets past validation:
+    unsafe = [{"family": "ip", "cidr": entry["cidr"], "proto": "any", "ports": [], "comment": "admin net"}]
+    load(
+        pair.ws,
+        render_ruleset(_service_uids(users), egress_guard_mode="host_wide", _egress_guard_allowlist=unsafe),
+        tmp_path,
+    )
+    assert attempt(pair.ws, None, "udp", PEER_ADDR, 9) == "sent"  # the hole the newline opened
+    doc, err = read_ruleset(netns=pair.ws)
+    intent = {"uids": [u for _, u in _service_uids(users)], "host_wide": True, "allowlist": [{"cidr": "192.0.2.0/24"}]}
+    problems = intent_problems(doc, intent)
+    assert "output rule 8 accepts everything (it carries no match)" in problems, problems
+    state = GuardState(table="toolkit_egress_guard", ruleset=parse_ruleset(doc), users=resolve_users(SERVICE_USERS))
+    g1 = guard_findings(state)[0]
+    assert g1.status == "fail" and "accepts everything" in g1.detail, g1
+
+    # The same allowlist without the newline: the peer (not in it) is blocked for root too.
+    load(
+        pair.ws,
+        render_ruleset(
+            _service_uids(users),
+            egress_guard_mode="host_wide",
+            egress_guard_allowlist=[{"cidr": "192.0.2.0/24", "proto": "any"}],
+        ),
+        tmp_path,
+    )
+    assert attempt(pair.ws, None, "udp", PEER_ADDR, 9) == "EPERM"
+    doc, err = read_ruleset(netns=pair.ws)
+    assert intent_problems(doc, intent) == []

@@ -120,6 +120,10 @@ def _recap(out: str) -> dict[str, int]:
         ({"cidr": "mirror.example", "proto": "tcp", "ports": [443]}, "a name, not an address"),
         ({"cidr": "198.51.100.7", "proto": "tcp", "ports": [70000]}, "port out of range"),
         ({"cidr": "198.51.100.7", "proto": "icmp"}, "protocol not offered"),
+        ({"cidr": "192.0.2.0/24\n", "proto": "any"}, "trailing newline (a YAML block scalar)"),
+        ({"cidr": "198.51.100.7", "proto": "tcp", "ports": [True]}, "a bool for a port"),
+        ({"cidr": "198.51.100.7", "comment": 'x" accept'}, "a quote ending the nft string"),
+        ({"cidr": "198.51.100.7", "comment": "x\u2028y"}, "a unicode line separator"),
     ],
 )
 def test_malformed_allowlist_entry_is_refused_before_anything_is_loaded(
@@ -132,6 +136,19 @@ def test_malformed_allowlist_entry_is_refused_before_anything_is_loaded(
     assert nsx(ws, "nft", "list", "tables").stdout.strip() == ""
     assert not (tmp_path / "etc" / "egress_guard.nft").exists()
     assert not (tmp_path / "hosts").exists()
+
+
+def test_controller_address_with_a_trailing_newline_is_refused_before_anything_is_loaded(
+    ws: str, users: dict[str, int], tmp_path: Path
+) -> None:
+    variables = _vars(tmp_path, egress_guard_mode="host_wide", egress_guard_controller_address="203.0.113.2\n")
+    proc = _play(ws, tmp_path, variables)
+    assert proc.returncode != 0
+    assert "the controller address '203.0.113.2\\n' holds the control character '\\n'" in proc.stdout, proc.stdout[
+        -3000:
+    ]
+    assert nsx(ws, "nft", "list", "tables").stdout.strip() == ""
+    assert not (tmp_path / "etc" / "egress_guard.nft").exists()
 
 
 def test_role_loads_the_template_rendering_blocks_service_users_and_is_idempotent(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, require_binary
 
 from toolkit.module_utils.gpu_plan import make_plan
 
@@ -138,10 +138,13 @@ def test_container_method_unit_runs_the_pinned_image_on_the_host_network_with_th
     """Rendered only: no GPU and no image registry here, so the container method is not run."""
     facts = json.loads((REPO / "tests/data/gpus/rtx4090-24gb.json").read_text())
     plan = make_plan(facts, TIERS, {})
-    units = render_vllm_units(tmp_path, plan, vllm_install_method="container")
+    getent = {"getent_passwd": {"vllm": ["x", "991", "992", "", "/var/lib/vllm", "/usr/sbin/nologin"]}}
+    units = render_vllm_units(
+        tmp_path, plan, vllm_install_method="container", ansible_facts={"os_family": "Debian", **getent}
+    )
     line = exec_start(units["vllm-chat"])
     assert line.startswith(
-        "ExecStart=/usr/bin/podman run --rm --name vllm-chat --network host --ipc host "
+        "ExecStart=/usr/bin/podman run --rm --name vllm-chat --user 991:992 --network host --ipc host "
         "--device nvidia.com/gpu=all --env-file /etc/vllm/api-key.env "
     )
     # The image's entry point is `vllm serve`: it gets the plan's arguments after it.
@@ -162,6 +165,118 @@ def test_systemd_specifiers_and_quotes_in_arguments_are_escaped(tmp_path):
     }
     line = exec_start(render_vllm_units(tmp_path, plan)["vllm-chat"])
     assert "'/models/it\\'s 100%%'" in line and "'$$HOME'" in line
+
+
+CHAT_ARGS = ["--model", "/models/tiny", "--host", "127.0.0.1", "--port", "8000"]
+
+
+def _chat_plan(args: object = None, port: object = 8000, env: object = None) -> dict:
+    svc = {"port": port, "served_model_name": "chat", "args": CHAT_ARGS if args is None else args}
+    if env is not None:
+        svc["env"] = env
+    return {"runtime": "cpu", "services": {"chat": svc}}
+
+
+def render_refused(tmp_path: Path, role: str, template: str, extra: dict) -> str:
+    """Runs the role's validate.yml then its template, expecting a refusal; returns the output
+    after asserting that no unit file was written."""
+    tasks = [
+        {
+            "name": "Validate",
+            "ansible.builtin.include_role": {"name": role, "tasks_from": "validate.yml", "public": True},
+        },
+        {
+            "name": "Render",
+            "ansible.builtin.template": {
+                "src": str(REPO / f"roles/{role}/templates/{template}"),
+                "dest": str(tmp_path / "out.service"),
+                "mode": "0644",
+            },
+            "loop": "{{ vllm_services | default({'x': 1}) | dict2items }}",
+        },
+    ]
+    r = run_playbook(tmp_path, tasks, {"ansible_facts": {"os_family": "Debian"}, **extra})
+    assert r.returncode != 0, r.stdout[-2000:]
+    assert not (tmp_path / "out.service").exists()
+    return r.stdout + r.stderr
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"vllm_extra_env": {"X": "1\nExecStartPre=+/bin/sh -c id"}}, "vllm-chat: X"),
+        ({"vllm_extra_env": {"X": "a\u2028ExecStartPre=+/bin/id"}}, "\\u2028"),
+        ({"vllm_extra_env": {"X": "a\x85b"}}, "\\x85"),
+        ({"vllm_extra_env": {"VLLM_NO_USAGE_STATS": "0"}}, "VLLM_NO_USAGE_STATS must stay 1"),
+        ({"vllm_extra_env": {"HF_HUB_OFFLINE": "0"}}, "HF_HUB_OFFLINE must stay 1"),
+        ({"vllm_required_env": {}}, "vllm_required_env lacks"),
+        ({"vllm_extra_env": {"BAD NAME": "1"}}, "invalid variable name"),
+        ({"vllm_extra_env": {"X": True}}, "not bool"),
+        ({"toolkit_plan": _chat_plan(env={"GLOO_SOCKET_IFNAME": "eth0"})}, "GLOO_SOCKET_IFNAME must stay lo"),
+        ({"toolkit_plan": _chat_plan([*CHAT_ARGS, "--host", "0.0.0.0"])}, "--host exactly once"),
+        ({"toolkit_plan": _chat_plan([*CHAT_ARGS, "--host=0.0.0.0"])}, "--host exactly once"),
+        ({"toolkit_plan": _chat_plan([*CHAT_ARGS, "--ho", "0.0.0.0"])}, "abbreviates --host"),
+        ({"toolkit_plan": _chat_plan([*CHAT_ARGS, "--port", "9000"])}, "--port exactly once"),
+        ({"toolkit_plan": _chat_plan([*CHAT_ARGS, "--api-key", "k"])}, "--api-key is refused"),
+        ({"toolkit_plan": _chat_plan([*CHAT_ARGS, "--x", "a\nb"])}, "control character"),
+        ({"toolkit_plan": _chat_plan(" ".join(CHAT_ARGS))}, "must be a list"),
+        ({"toolkit_plan": _chat_plan(port=-5)}, "1-65535, not -5"),
+        ({"toolkit_plan": _chat_plan(port=99999)}, "1-65535, not 99999"),
+        ({"toolkit_plan": _chat_plan(port=True)}, "1-65535, not True"),
+        ({"vllm_home": "/var/lib/vllm\nExecStartPre=/bin/id"}, "vllm_home"),
+        ({"vllm_user": "vllm;id"}, "vllm_user"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else None,
+)
+def test_vllm_role_refuses_hostile_values_before_writing_a_unit(tmp_path, extra, named):
+    extra = {"toolkit_plan": _chat_plan(), **extra}
+    out = render_refused(tmp_path, "vllm", "vllm.service.j2", extra)
+    assert named in out, out[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"ollama_extra_env": {"OLLAMA_HOST": "0.0.0.0:11434"}}, "OLLAMA_HOST must stay 127.0.0.1:11434"),
+        ({"ollama_extra_env": {"OLLAMA_NO_CLOUD": "0"}}, "OLLAMA_NO_CLOUD must stay 1"),
+        ({"ollama_extra_env": {"X": "1\nExecStartPre=+/bin/id"}}, "control character"),
+        ({"ollama_port": 99999}, "1-65535, not 99999"),
+        ({"ollama_port": True}, "1-65535, not True"),
+        ({"ollama_host": "0.0.0.0:11434"}, "ollama_host must be 127.0.0.1:11434"),
+    ],
+)
+def test_ollama_role_refuses_hostile_values_before_writing_its_unit(tmp_path, extra, named):
+    extra = {"ollama_archive_sha256": "0" * 64, **extra}
+    out = render_refused(tmp_path, "ollama", "ollama.service.j2", extra)
+    assert named in out, out[-2000:]
+
+
+def test_environment_values_keep_dollar_and_quote_and_double_percent(tmp_path):
+    """systemd expands % specifiers in Environment= but not $: the value reaches the service as
+    written (read back with systemd-analyze below)."""
+    units = render_vllm_units(tmp_path, _chat_plan(), vllm_extra_env={"X": "a'b $HOME 100%"})
+    assert "Environment='X=a\\'b $HOME 100%%'" in units["vllm-chat"].splitlines()
+
+
+@pytest.mark.parametrize(
+    ("gpu", "method"), [("no-gpu", "venv"), ("rtx4090-24gb", "venv")], ids=["cpu-venv", "cuda-venv"]
+)
+def test_vllm_units_score_at_most_2_in_systemd_analyze_security(tmp_path, gpu, method):
+    """systemd-analyze (systemd 252) scores the rendered file offline; the molecule scenarios
+    score the installed units and prove the services still start under them."""
+    require_binary("systemd-analyze")
+    facts = json.loads((REPO / f"tests/data/gpus/{gpu}.json").read_text())
+    units = render_vllm_units(tmp_path, make_plan(facts, TIERS, {}), vllm_install_method=method)
+    unit = tmp_path / "vllm-chat.service"
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", str(unit)], capture_output=True, text=True)
+    score = float(r.stdout.split("Overall exposure level for vllm-chat.service: ")[1].split()[0])
+    assert score <= 2.0, r.stdout
+    chat = units["vllm-chat"].splitlines()
+    assert "CapabilityBoundingSet=" in chat and "SystemCallArchitectures=native" in chat
+    assert "ReadOnlyPaths=-/var/lib/toolkit/hf" in chat and "ReadWritePaths=/var/lib/vllm" in chat
+    if gpu != "no-gpu":
+        assert "DevicePolicy=closed" in chat and "DeviceAllow=char-nvidia-frontend rw" in chat
+        assert "DeviceAllow=char-nvidia-uvm rw" in chat
 
 
 def test_cpu_plan_with_shared_autocomplete_gives_only_the_chat_unit(tmp_path):
@@ -246,3 +361,104 @@ def test_example_fleet_inventory_gives_each_gpu_tier_its_overrides():
     assert hostvars["ws-rtx3060-01.example.internal"]["toolkit_plan_overrides"]["embed"] == {"backend": "ollama"}
     assert all(h["vllm_pip_index_url"].startswith("https://") for h in hostvars.values())
     assert len(hostvars) == 5
+
+
+def _filters():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "safe_values", REPO / "roles/safe_values/filter_plugins/safe_values.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SV = _filters()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "192.0.2.0/24\n",
+        "192.0.2.0/24\r",
+        " 192.0.2.0/24",
+        "192.0.2.1/24",
+        "192.0.2.0/255.255.255.0",
+        "fe80::1%eth0",
+        "192.0.2.0/24\u2028",
+        "192.0.2.0/33",
+        "example.org",
+        3232235520,
+        True,
+    ],
+)
+def test_cidr_filter_refuses_what_ipaddress_or_nft_would_read_differently(value):
+    with pytest.raises(SV.UnsafeValue):
+        SV.safe_cidr(value, "cidr")
+
+
+def test_cidr_filter_normalises_hosts_and_networks():
+    assert SV.safe_cidr("192.0.2.0/24") == "192.0.2.0/24"
+    assert SV.safe_cidr("2001:DB8::/32") == "2001:db8::/32"
+    assert SV.safe_cidr("198.51.100.7") == "198.51.100.7"
+    assert SV.safe_address("2001:db8:0::1") == "2001:db8::1"
+
+
+@pytest.mark.parametrize("value", [0, -5, 65536, 99999, True, False, "80\n", "0x50", 80.0, None, [80]])
+def test_port_filter_takes_only_integers_1_to_65535(value):
+    with pytest.raises(SV.UnsafeValue):
+        SV.safe_port(value, "port")
+
+
+def test_port_filter_takes_ints_and_digit_strings():
+    assert SV.safe_port(1) == 1 and SV.safe_port("65535") == 65535
+
+
+@pytest.mark.parametrize("ch", ["\n", "\r", "\x00", "\x1b", "\x7f", "\x85", "\u2028", "\u2029", "\ufeff"])
+def test_systemd_quoting_refuses_every_line_breaking_or_control_character(ch):
+    with pytest.raises(SV.UnsafeValue, match="control character"):
+        SV.systemd_exec_arg(f"a{ch}ExecStartPre=+/bin/id")
+    with pytest.raises(SV.UnsafeValue, match="control character"):
+        SV.systemd_env(f"X=a{ch}b")
+
+
+def test_systemd_quoting_escapes_quotes_backslashes_and_specifiers():
+    assert SV.systemd_exec_arg("it's 100% $HOME \\n;") == "'it\\'s 100%% $$HOME \\\\n;'"
+    assert SV.systemd_env("X=it's 100% $HOME") == "'X=it\\'s 100%% $HOME'"
+
+
+@pytest.mark.parametrize(
+    ("args", "why"),
+    [
+        ([*CHAT_ARGS, "--host", "0.0.0.0"], "exactly once"),
+        (["--host", "0.0.0.0", *CHAT_ARGS], "exactly once"),
+        ([*CHAT_ARGS, "--host=0.0.0.0"], "exactly once"),
+        (["--model", "m", "--host=127.0.0.1", "--port", "8000", "--hos", "::"], "abbreviates"),
+        (["--model", "m", "--port", "8000"], "exactly once"),
+        ([*CHAT_ARGS[:-1], "8001"], "exactly once"),
+        ([*CHAT_ARGS, "--", "--host", "0.0.0.0"], "end option parsing"),
+        ([*CHAT_ARGS, "--config", "/tmp/c.yaml"], "--config is refused"),
+        ([*CHAT_ARGS, "--host"], "--host has no value"),
+        (" ".join(CHAT_ARGS), "must be a list"),
+        ([*CHAT_ARGS, True], "not bool"),
+    ],
+)
+def test_final_argv_is_read_with_argparse_semantics(args, why):
+    with pytest.raises(SV.UnsafeValue, match=why):
+        SV.loopback_argv(args, "127.0.0.1", 8000, "vllm-chat")
+
+
+def test_final_argv_accepts_the_equals_form_once():
+    args = ["--model", "m", "--host=127.0.0.1", "--port=8000", "--hf-overrides", '{"a": "$x"}']
+    assert SV.loopback_argv(args, "127.0.0.1", "8000") == args
+
+
+def test_locked_env_cannot_be_overridden_or_dropped():
+    locked = {"VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1"}
+    env = SV.service_env({"A": 1}, {"B": "x"}, dict(locked), locked, {"HOME": "/h"})
+    assert env == {"A": "1", "B": "x", "VLLM_NO_USAGE_STATS": "1", "HF_HUB_OFFLINE": "1", "HOME": "/h"}
+    with pytest.raises(SV.UnsafeValue, match=r"^svc: HF_HUB_OFFLINE must stay 1; plan env sets it to '0'$"):
+        SV.service_env({"HF_HUB_OFFLINE": "0"}, {}, dict(locked), locked, what="svc")
+    with pytest.raises(SV.UnsafeValue, match="^svc: required env lacks VLLM_NO_USAGE_STATS=1"):
+        SV.service_env({}, {}, {}, locked, what="svc")

@@ -29,11 +29,14 @@ from typing import Any
 import yaml
 
 from toolkit.errors import UsageError
+from toolkit.module_utils.egress_intent import intent_problems, structural_problems
 from toolkit.passwd import read_passwd
 
 DEFAULT_TABLE = "toolkit_egress_guard"
 DEFAULT_USERS = ("vllm", "ollama")
 DEFAULT_LOG_PREFIX = "egress-guard"
+# Where the role writes what the ruleset is meant to do (egress_guard_state_dir/intent.json).
+DEFAULT_INTENT = Path("/var/lib/toolkit/egress_guard/intent.json")
 # What the role writes. 127.0.0.1 is not counted: a local server could answer there.
 SINKHOLE_ADDRESSES = frozenset({"0.0.0.0", "::"})
 
@@ -73,6 +76,9 @@ class RulesetView:
     covered_uids: tuple[int, ...]
     host_wide: bool
     counters: tuple[GuardCounter, ...]
+    # Against the role's intent when it could be read, else the intent-free checks (an accept
+    # that matches nothing, a service-user rule after an accept, a blocked chain without drop).
+    problems: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -104,6 +110,7 @@ class GuardState:
     sinkhole_present: tuple[str, ...] = ()
     nft_error: str | None = None
     log_source: str | None = None
+    intent_source: str | None = None  # the intent file compared with, None: structural checks only
 
 
 @dataclass(frozen=True)
@@ -165,8 +172,9 @@ def match_phone_home(qname: str, endpoints: Iterable[PhoneHomeEndpoint]) -> Phon
 # Pure parsers
 
 
-def parse_ruleset(doc: dict[str, Any] | None) -> RulesetView:
-    """Reads ``nft -j list table inet NAME`` output; None (no table) gives an absent view."""
+def parse_ruleset(doc: dict[str, Any] | None, intent: dict[str, Any] | None = None) -> RulesetView:
+    """Reads ``nft -j list table inet NAME`` output; None (no table) gives an absent view. With the
+    role's intent, ``problems`` lists every rule that differs from it."""
     if not doc:
         return RulesetView(present=False, hooked=False, covered_uids=(), host_wide=False, counters=())
     items = doc.get("nftables", [])
@@ -188,12 +196,14 @@ def parse_ruleset(doc: dict[str, Any] | None) -> RulesetView:
             continue
         uids.update(_skuid_matches(rule.get("expr", [])))
     host_wide = any(c.name == "blocked_host" for c in counters)
+    problems = intent_problems(doc, intent) if intent is not None else structural_problems(doc)
     return RulesetView(
         present=present,
         hooked=hooked,
         covered_uids=tuple(sorted(uids)),
         host_wide=host_wide,
         counters=counters,
+        problems=tuple(problems),
     )
 
 
@@ -277,6 +287,8 @@ def _guard_001(state: GuardState) -> GuardFinding:
         "covered_uids": list(rs.covered_uids),
         "mode": "host_wide" if rs.host_wide else "service_users",
         "users": {u.name: u.uid for u in state.users},
+        "intent": state.intent_source,
+        "problems": list(rs.problems),
     }
     if state.nft_error:
         return GuardFinding("GUARD-001", "fail", title, f"cannot read the ruleset: {state.nft_error}", evidence)
@@ -284,6 +296,10 @@ def _guard_001(state: GuardState) -> GuardFinding:
         return GuardFinding("GUARD-001", "fail", title, f"table inet {state.table} is not loaded", evidence)
     if not rs.hooked:
         return GuardFinding("GUARD-001", "fail", title, "the table has no output hook chain", evidence)
+    if rs.problems:
+        against = f"intent {state.intent_source}" if state.intent_source else "the guard's invariants"
+        shown = "; ".join(rs.problems[:3]) + ("; ..." if len(rs.problems) > 3 else "")
+        return GuardFinding("GUARD-001", "fail", title, f"loaded ruleset differs from {against}: {shown}", evidence)
     uncovered = [u for u in installed if u.uid not in rs.covered_uids]
     if uncovered:
         names = ", ".join(f"{u.name} (uid {u.uid})" for u in uncovered)
@@ -420,12 +436,14 @@ def collect_guard_state(
     netns: str | None = None,
     run: Runner = subprocess.run,
     root: Path | None = None,
+    intent_file: Path | None = DEFAULT_INTENT,
 ) -> GuardState:
     """Reads the guard from this host (or from inside network namespace ``netns``). With ``root``,
     the users and the hosts file are those of that file system (a container seen from outside)."""
     if root is not None and hosts_file is not None and not hosts_file.is_relative_to(root):
         hosts_file = root / hosts_file.relative_to("/")
     doc, err = read_ruleset(table, netns=netns, run=run)
+    intent, intent_source = read_intent(intent_file, root)
     lines, source = read_kernel_log(log_prefix, run=run)
     endpoints = load_phone_home() if phone_home is None else phone_home
     expected = tuple(sorted(e.host for e in endpoints if e.sinkhole)) if hosts_file else ()
@@ -437,11 +455,29 @@ def collect_guard_state(
             present = ()
     return GuardState(
         table=table,
-        ruleset=parse_ruleset(doc),
+        ruleset=parse_ruleset(doc, intent),
         users=resolve_users(users, root),
         attempts=tuple(parse_log_lines(lines, log_prefix)),
         sinkhole_expected=expected,
         sinkhole_present=present,
         nft_error=err,
         log_source=source,
+        intent_source=intent_source,
     )
+
+
+def read_intent(path: Path | None, root: Path | None = None) -> tuple[dict[str, Any] | None, str | None]:
+    """The role's intent.json (None when there is none: the structural checks still apply)."""
+    if path is None:
+        return None, None
+    if root is not None and not path.is_relative_to(root):
+        path = root / path.relative_to("/")
+    try:
+        doc = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None, None
+    except (OSError, json.JSONDecodeError) as err:
+        raise UsageError(f"cannot read the guard's intent {path}: {err}") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"{path}: not a guard intent (a JSON object)")
+    return doc, str(path)
