@@ -100,10 +100,12 @@ def test_plan_of_each_family_gives_its_fim_template_stops_and_served_contexts(
     assert chat["defaultCompletionOptions"]["contextLength"] == plan["services"]["chat"]["max_model_len"]
     assert chat["capabilities"] == ["tool_use"]
     assert auto["promptTemplates"] == {"autocomplete": template}
+    # vLLM refuses more than 4 stops; Continue cuts its list to maxStopWords (OpenAI.ts getMaxStopWords).
+    assert auto["maxStopWords"] == chat["maxStopWords"] == 4
     assert auto["defaultCompletionOptions"] == {
         "contextLength": auto_ctx,
         "maxTokens": 256,
-        "stop": TIERS["families"][auto_family]["fim"]["stop"],
+        "stop": TIERS["families"][auto_family]["fim"]["stop"][:4],
     }
     assert auto["autocompleteOptions"] == {"debounceDelay": 250, "modelTimeout": 400, "maxPromptTokens": 1536}
     # templating/index.ts pruneLength never has to cut: prompt + maxTokens + safety fit the served context.
@@ -394,14 +396,16 @@ def test_rendered_fim_template_tokenizes_to_the_special_tokens_and_completes_wit
     prompt = render(prefix, suffix)
     n_prompt = len(tokenize(prompt))
     assert budget - 40 <= n_prompt <= budget
-    # OpenAI._legacystreamComplete: POST {apiBase}/completions with _convertArgs' body plus prompt and stream.
-    body = {
-        "model": "autocomplete",
-        "max_tokens": 256,
-        "stream": True,
-        "stop": fim["stop"] + COMMON_STOPS,
-        "prompt": prompt,
-    }
+    # OpenAI._legacystreamComplete: POST {apiBase}/completions with _convertArgs' body plus prompt and
+    # stream; the stops are the model's (defaultCompletionOptions.stop, as the role writes them) plus
+    # getStopTokens' common ones, cut to maxStopWords.
+    auto = cc.managed_models(options(plan_for("no-gpu")))[1]
+    stops = (auto["defaultCompletionOptions"]["stop"] + COMMON_STOPS)[: auto["maxStopWords"]]
+    body = {"model": "autocomplete", "max_tokens": 256, "stream": True, "stop": stops, "prompt": prompt}
+    # Without maxStopWords Continue would send all of them, and vLLM refuses that (the bug this prevents).
+    r = httpx.post(f"{gen.url}/v1/completions", headers=headers, timeout=60,
+                   json=dict(body, stream=False, stop=fim["stop"] + COMMON_STOPS))  # fmt: skip
+    assert r.status_code == 400 and "at most 4" in r.text, r.text
     with httpx.stream("POST", f"{gen.url}/v1/completions", json=body, headers=headers, timeout=120) as r:
         text = "".join(r.iter_text())
         assert r.status_code == 200, text
@@ -411,3 +415,67 @@ def test_rendered_fim_template_tokenizes_to_the_special_tokens_and_completes_wit
     over = dict(body, stream=False, max_tokens=max_model_len - n_prompt + 1)
     r = httpx.post(f"{gen.url}/v1/completions", json=over, headers=headers, timeout=60)
     assert r.status_code == 400, r.text
+
+
+# --- the audit's drift controls -------------------------------------------------------------------
+
+
+def _workstation(root: Path, cfg: dict, glob: dict, settings: dict) -> tuple[list[Path], list[Path]]:
+    units = root / "etc/systemd/system"
+    units.mkdir(parents=True)
+    for name, model, port, mml in (("chat", "Qwen/Qwen2.5-Coder-7B-Instruct", 8000, 16384),
+                                   ("autocomplete", "Qwen/Qwen2.5-Coder-1.5B", 8001, 4096)):  # fmt: skip
+        (units / f"vllm-{name}.service").write_text(
+            "[Service]\nExecStart=/opt/vllm/venv/bin/python -m vllm.entrypoints.openai.api_server "
+            f"'--model' '{model}' '--served-model-name' '{name}' '--port' '{port}' '--max-model-len' '{mml}'\n"
+        )
+    home = root / "home/dev"
+    (home / ".continue/index").mkdir(parents=True)
+    (home / ".config/Code/User").mkdir(parents=True)
+    (home / ".continue/config.yaml").write_text(yaml.safe_dump(cfg))
+    (home / ".continue/index/globalContext.json").write_text(json.dumps(glob))
+    (home / ".config/Code/User/settings.json").write_text("// mine\n" + json.dumps(settings))
+    return [home], [units]
+
+
+def _provisioned(plan: dict) -> tuple[dict, dict, dict]:
+    models = cc.managed_models(options(plan))
+    cfg = cc.merge_config(
+        {}, {"name": "L", "version": "1", "schema": "v1"}, models, {"nFinal": 5, "useReranking": False}
+    )
+    sel = {"chat": models[0]["name"], "autocomplete": models[1]["name"], "embed": models[2]["name"]}
+    glob = cc.merge_global_context({}, sel, {"allowAnonymousTelemetry": False}, {"autoUpdateCli": False})
+    settings = {"update.mode": "none", "extensions.autoUpdate": False, "extensions.autoCheckUpdates": False}
+    return cfg["config"], glob, settings
+
+
+def test_audit_passes_a_provisioned_workstation_and_names_each_kind_of_continue_drift(tmp_path):
+    from toolkit.audit.continue_checks import continue_results
+
+    plan = plan_for("rtx3060-12gb")
+    cfg, glob, settings = _provisioned(plan)
+    homes, units = _workstation(tmp_path / "good", cfg, glob, settings)
+    assert {r.control: r.status for r in continue_results(homes, units, TIERS)} == {
+        f"CONTINUE-00{i}": "pass" for i in range(1, 7)
+    }
+    # Drift: StarCoder's template, 32k context, rerank without a reranker, the built-in embedder,
+    # the CLI's auto-update and VS Code's update check back on.
+    cfg["models"][1]["promptTemplates"]["autocomplete"] = "<fim_prefix>{{{prefix}}}<fim_suffix>{{{suffix}}}<fim_middle>"
+    cfg["models"][0]["defaultCompletionOptions"]["contextLength"] = 32768
+    cfg["context"][0]["params"]["useReranking"] = True
+    glob["selectedModelsByProfileId"]["local"]["embed"] = "Transformers.js (Built-In)"
+    del glob["autoUpdateCli"]
+    settings["update.mode"] = "default"
+    homes, units = _workstation(tmp_path / "drift", cfg, glob, settings)
+    results = {r.control: r for r in continue_results(homes, units, TIERS)}
+    assert {k: r.status for k, r in results.items()} == {f"CONTINUE-00{i}": "fail" for i in range(1, 7)}
+    assert results["CONTINUE-001"].items[0]["family"] == "Qwen2.5-Coder"
+    assert results["CONTINUE-002"].items == [{
+        "file": str(homes[0] / ".continue/config.yaml"), "model": "Local chat (chat)", "contextLength": 32768,
+        "served_max_model_len": 16384}]  # fmt: skip
+    assert results["CONTINUE-004"].items[0]["selected"] == "Transformers.js (Built-In)"
+    assert results["CONTINUE-005"].items[0]["autoUpdateCli"] is None
+    assert results["CONTINUE-006"].items[0]["wrong"] == {"update.mode": "default"}
+    assert {r.control: r.status for r in continue_results([tmp_path / "nobody"], [], TIERS)} == {
+        f"CONTINUE-00{i}": "skip" for i in range(1, 7)
+    }

@@ -14,13 +14,15 @@ from pathlib import Path
 from threading import Event
 from typing import Any
 
-from toolkit.audit import controls
+from toolkit.audit import continue_checks, controls
 from toolkit.audit.capture import CaptureResult, CaptureUnavailable, live_capture, offline_capture
 from toolkit.audit.controls import Result
 from toolkit.audit.policy import Policy
 from toolkit.audit.static_checks import StaticInputs, run_static_checks
 from toolkit.audit.waivers import Waiver, apply_waivers
 from toolkit.passwd import read_passwd
+
+continue_checks.enable()  # CONTINUE-00x: Continue's drift from what the continue role writes
 
 SCHEMA = 1
 

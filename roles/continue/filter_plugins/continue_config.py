@@ -12,6 +12,10 @@ Every value is tied to the Continue code that reads it (continuedev/continue, ex
   maxTokens to DEFAULT_MAX_TOKENS (4096); the vllm provider reads max_model_len from /v1/models only
   for AUTODETECT models (llms/Vllm.ts _setupCompletionOptions). templating/index.ts pruneLength()
   keeps prompt <= contextLength - maxTokens - min(1000, 2% of contextLength).
+- stops: vLLM's OpenAI server refuses a request with more than 4 stop strings (400 "List should have
+  at most 4 items"); Continue's OpenAI provider (which vllm extends) cuts the list to maxStopWords,
+  Infinity for a local apiBase (OpenAI.ts getMaxStopWords). So vLLM models get `maxStopWords: 4` and
+  the first 4 of the family's stops (tiers.yaml lists the ones that matter first).
 - tools: yaml/models.ts modelConfigToBaseLLM sets capabilities.tools from `capabilities: [tool_use]`;
   vllm is not in toolSupport.ts PROVIDER_TOOL_SUPPORT, so without it tools go into the system message.
 - @Codebase: retrieval.ts retrieveContextItemsFromEmbeddings: useReranking = params.useReranking ??
@@ -54,6 +58,8 @@ BLOCK_LISTS = ("models", "context", "data", "mcpServers", "rules", "prompts", "d
 # Continue's own chunk default is 500 tokens (llm/constants.ts DEFAULT_MAX_CHUNK_SIZE); it counts with
 # its own tokenizer, so a short-context embedder keeps a fifth of its window as margin.
 MAX_CHUNK = 500
+# vLLM 0.32 protocol: CompletionRequest/ChatCompletionRequest accept at most 4 stop strings.
+VLLM_MAX_STOP_WORDS = 4
 
 
 class ContinueConfigError(Exception):
@@ -112,7 +118,7 @@ def managed_models(o: dict) -> list[dict]:
     chat = {
         "name": f"Local chat ({o['chat_model']})", "provider": "vllm", "model": o["chat_model"],
         "apiBase": f"http://127.0.0.1:{o['chat_port']}/v1", "roles": ["chat", "edit", "apply"],
-        **common,
+        **common, "maxStopWords": VLLM_MAX_STOP_WORDS,
         "defaultCompletionOptions": {"contextLength": int(o["chat_context"]), "maxTokens": int(o["chat_max_tokens"])},
     }  # fmt: skip
     if o.get("chat_tools"):
@@ -121,12 +127,12 @@ def managed_models(o: dict) -> list[dict]:
     auto = {
         "name": f"Local autocomplete ({o['autocomplete_model']})", "provider": "vllm",
         "model": o["autocomplete_model"], "apiBase": f"http://127.0.0.1:{o['autocomplete_port']}/v1",
-        "roles": ["autocomplete"], **common,
+        "roles": ["autocomplete"], **common, "maxStopWords": VLLM_MAX_STOP_WORDS,
     }  # fmt: skip
     fim = o.get("fim")
     if fim:
         auto["promptTemplates"] = {"autocomplete": fim["template"]}
-        auto_opts["stop"] = list(fim["stop"])
+        auto_opts["stop"] = list(fim["stop"])[:VLLM_MAX_STOP_WORDS]
     auto["defaultCompletionOptions"] = auto_opts
     auto["autocompleteOptions"] = dict(o["autocomplete_options"])
     embed_opts = {"maxChunkSize": int(o["embed_max_chunk_size"]), "maxBatchSize": int(o["embed_max_batch_size"])}
