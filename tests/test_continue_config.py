@@ -411,10 +411,13 @@ def test_rendered_fim_template_tokenizes_to_the_special_tokens_and_completes_wit
         assert r.status_code == 200, text
     assert text.rstrip().endswith("data: [DONE]"), text[-500:]
     assert n_prompt + 256 <= max_model_len
-    # One token more than the served context is what vLLM refuses: the budget is what keeps it out.
-    over = dict(body, stream=False, max_tokens=max_model_len - n_prompt + 1)
-    r = httpx.post(f"{gen.url}/v1/completions", json=over, headers=headers, timeout=60)
-    assert r.status_code == 400, r.text
+    # What the budget keeps out: with Continue's default 32768-token assumption a long file's prompt
+    # outgrows the served context, and vLLM refuses it.
+    long_prompt = render("def f(n):\n" + line * 400, suffix)
+    assert len(tokenize(long_prompt)) > max_model_len
+    r = httpx.post(f"{gen.url}/v1/completions", json=dict(body, stream=False, prompt=long_prompt), headers=headers,
+                   timeout=60)  # fmt: skip
+    assert r.status_code == 400 and ("context length" in r.text.lower() or "max_model_len" in r.text), r.text[:500]
 
 
 # --- the audit's drift controls -------------------------------------------------------------------
@@ -479,3 +482,14 @@ def test_audit_passes_a_provisioned_workstation_and_names_each_kind_of_continue_
     assert {r.control: r.status for r in continue_results([tmp_path / "nobody"], [], TIERS)} == {
         f"CONTINUE-00{i}": "skip" for i in range(1, 7)
     }
+
+
+def test_a_served_reranker_becomes_a_rerank_model_and_makes_reranking_consistent():
+    tree_free = cc.managed_models(options(plan_for("rtx4090-24gb"), rerank_model="rerank", rerank_port=8002))
+    assert tree_free[3] == {
+        "name": "Local rerank (rerank)", "provider": "vllm", "model": "rerank", "apiBase": "http://127.0.0.1:8002/v1",
+        "roles": ["rerank"]}  # fmt: skip
+    cfg = cc.merge_config(
+        {}, {"name": "n", "version": "1"}, tree_free, {"nRetrieve": 25, "nFinal": 5, "useReranking": True}
+    )
+    assert cc.config_problems(cfg["config"], {"leaf": True}) == []

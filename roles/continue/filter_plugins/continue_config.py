@@ -145,7 +145,12 @@ def managed_models(o: dict) -> list[dict]:
         if o.get("ca_bundle_path"):
             embed["requestOptions"] = common["requestOptions"]
     embed["embedOptions"] = embed_opts
-    return [chat, auto, embed]
+    models = [chat, auto, embed]
+    if o.get("rerank_model"):
+        # Vllm.rerank posts to the OpenAI adapter's /rerank (vLLM serves cross-encoders there).
+        models.append({"name": f"Local rerank ({o['rerank_model']})", "provider": "vllm", "model": o["rerank_model"],
+                       "apiBase": f"http://127.0.0.1:{o['rerank_port']}/v1", "roles": ["rerank"], **common})  # fmt: skip
+    return models
 
 
 def _describe_uses(section: str, item: dict) -> str:
