@@ -57,8 +57,11 @@ def served_models(unit_dirs: list[Path]) -> dict[int, dict[str, Any]]:
         for unit in sorted(d.glob("*.service")):
             _, _, execs = parse_unit(unit.read_text())
             for line in execs:
-                argv = shlex.split(line)
-                if "vllm.entrypoints.openai.api_server" not in line and "vllm" not in Path(argv[0]).name:
+                try:
+                    argv = shlex.split(line.lstrip("-@:+!"))
+                except ValueError:  # quoting shlex cannot read: not a unit this check understands
+                    continue
+                if not argv or "vllm.entrypoints.openai.api_server" not in line and "vllm" not in Path(argv[0]).name:
                     continue
                 out.update(_vllm_args(argv))
     return out
