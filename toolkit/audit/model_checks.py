@@ -43,6 +43,16 @@ MODEL_CONTROLS = (
 )
 
 
+def served_model_arg(argv: list[str]) -> str | None:
+    """The model a vLLM command line serves: `--model X`, or `vllm serve X` (positional)."""
+    model = _arg(argv, "--model")
+    if model is None and "serve" in argv[:3]:
+        i = argv.index("serve") + 1
+        if i < len(argv) and not argv[i].startswith("-"):
+            model = argv[i]
+    return model
+
+
 def _arg(argv: list[str], name: str) -> str | None:
     for i, a in enumerate(argv):
         if a == name and i + 1 < len(argv):
@@ -67,7 +77,7 @@ def served_models(inputs: StaticInputs) -> list[dict[str, Any]]:
                     argv = shlex.split(line.lstrip("@-:+!"))
                 except ValueError:
                     argv = line.split()
-                model = _arg(argv, "--model")
+                model = served_model_arg(argv)
                 if model is None:
                     continue
                 out.append(

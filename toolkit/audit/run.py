@@ -14,13 +14,16 @@ from pathlib import Path
 from threading import Event
 from typing import Any
 
-from toolkit.audit import controls, model_checks  # noqa: F401 - model_checks registers MODEL-001/002
+# continue_checks and model_checks register the CONTINUE-00x and MODEL-00x controls.
+from toolkit.audit import continue_checks, controls, model_checks  # noqa: F401
 from toolkit.audit.capture import CaptureResult, CaptureUnavailable, live_capture, offline_capture
 from toolkit.audit.controls import Result
 from toolkit.audit.policy import Policy
 from toolkit.audit.static_checks import StaticInputs, run_static_checks
 from toolkit.audit.waivers import Waiver, apply_waivers
 from toolkit.passwd import read_passwd
+
+continue_checks.enable()  # CONTINUE-00x: Continue's drift from what the continue role writes
 
 SCHEMA = 1
 

@@ -27,6 +27,13 @@ CORPUS = [
     "You are a helpful coding assistant. Write a function that reverses a string.\n",
 ]
 
+# Qwen2.5-Coder's added tokens for fill-in-the-middle and repository context (its tokenizer.json),
+# so Continue's FIM template (tiers.yaml families) tokenizes to single special tokens here too.
+QWEN_FIM_TOKENS = [
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+    "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>",
+]  # fmt: skip
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
@@ -44,7 +51,7 @@ def make(out: Path) -> None:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    specials = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>"]
+    specials = ["<unk>", "<s>", "</s>", "<pad>", "<|user|>", "<|assistant|>", "<|system|>", *QWEN_FIM_TOKENS]
     trainer = trainers.BpeTrainer(
         vocab_size=512, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
     )
