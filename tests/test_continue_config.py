@@ -80,7 +80,9 @@ def options(plan: dict, **over) -> dict:
     [
         ("rtx4090-24gb", {}, "Qwen2.5-Coder", "Qwen2.5-Coder", QWEN_FIM, 16384, 4096),
         ("no-gpu", {}, "Qwen2.5-Coder", "Qwen2.5-Coder", QWEN_FIM, 8192, 4096),
-        ("a100-40gb", {"autocomplete": {"model": "codellama-7b"}}, "CodeLlama", "CodeLlama", CODELLAMA_FIM, 8192, 4096),
+        # CodeLlama is out of automatic choice; pinned for autocomplete, the chat stays the planner's Qwen.
+        ("a100-40gb", {"autocomplete": {"model": "codellama-7b"}}, "Qwen2.5-Coder", "CodeLlama", CODELLAMA_FIM, 16384,
+         4096),
         # A shared server: autocomplete is the chat model, so it takes the chat model's family and context.
         ("a100-40gb", {"chat": {"model": "codellama-34b"}, "autocomplete": {"shared": True}}, "CodeLlama", "CodeLlama",
          CODELLAMA_FIM, 16384, 16384),
@@ -115,6 +117,12 @@ def test_plan_of_each_family_gives_its_fim_template_stops_and_served_contexts(
 
 def test_tools_follow_the_chat_servers_parser_and_a_short_context_shrinks_the_prompt_budget():
     plan = plan_for("rtx4090-24gb")
+    # The planner puts the family's parser into the chat server's argv; without it, no tools.
+    assert cc.client_view(plan, TIERS, "")["chat_tools"] is True
+    args = plan["services"]["chat"]["args"]
+    i = args.index("--tool-call-parser")
+    del args[i : i + 2]
+    args.remove("--enable-auto-tool-choice")
     assert cc.client_view(plan, TIERS, "")["chat_tools"] is False
     plan["services"]["chat"]["args"] += ["--tool-call-parser", "hermes"]
     assert cc.client_view(plan, TIERS, "")["chat_tools"] is True

@@ -11,7 +11,6 @@ A file that cannot be read or parsed makes the control INCONCLUSIVE, never PASS.
 from __future__ import annotations
 
 import json
-import shlex
 from importlib import resources
 from pathlib import Path
 from typing import Any

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import os
 import re
-import shlex
 import stat
 from pathlib import Path
 from typing import Any
 
 from toolkit.audit import controls
 from toolkit.audit.controls import Control, Result
-from toolkit.audit.static_checks import StaticInputs, unit_environment
+from toolkit.audit.static_checks import StaticInputs, _in_root
+from toolkit.audit.systemd_unit import service_environment, split_words
 from toolkit.module_utils.model_verify import REPO_PATTERN
 
 STATE_DIR = "/var/lib/toolkit/model-store"  # model_store_state_dir's default
@@ -71,12 +71,12 @@ def served_models(inputs: StaticInputs) -> list[dict[str, Any]]:
     out = []
     for d in inputs.unit_directories():
         for unit in sorted(d.glob("vllm-*.service")) if d.is_dir() else []:
-            env, execs = unit_environment(unit, inputs.root)
-            for line in execs:
-                try:
-                    argv = shlex.split(line.lstrip("@-:+!"))
-                except ValueError:
-                    argv = line.split()
+            # The unit as systemd reads it: drop-ins, Environment= resets, EnvironmentFile= precedence.
+            read, glob = _in_root(inputs.root)
+            se = service_environment(unit.name, inputs.unit_directories(), read, glob, inputs.root)
+            env = se.environment
+            for line in se.exec_start:
+                argv, _ = split_words(line.strip().lstrip("@-:+!"), relax=True)
                 model = served_model_arg(argv)
                 if model is None:
                     continue
