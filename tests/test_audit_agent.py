@@ -232,12 +232,14 @@ def test_agent_windows_retention_textfile_and_a_failing_window_naming_an_exited_
     assert len(windows) == 2 and len(list((out / "windows").glob("*.junit.xml"))) == 2
     failing = json.loads(windows[0].read_text())
     assert (failing["window"]["index"], failing["verdict"]) == (1, "FAIL")
-    # The datagram, and the peer's ICMP port-unreachable answer (nothing listens on :7 there).
+    # The datagram; the peer's ICMP port-unreachable answer (nothing listens on :7 there) is tied to
+    # the flow it quotes, not a flow of its own.
     flows = {f["protocol"]: f for f in failing["findings"]}
-    assert sorted(flows) == ["icmp", "udp"], json.dumps(failing["findings"], indent=1)[:3000]
+    assert sorted(flows) == ["udp"], json.dumps(failing["findings"], indent=1)[:3000]
     flow = flows["udp"]
     assert (flow["remote_address"], flow["remote_port"], flow["direction"]) == (PEER_V4, 7, "outbound")
-    assert failing["attribution"]["methods"] == {"auditd": 1} and failing["attribution"]["unattributed"] == 1
+    assert flow["icmp_errors"] == 1
+    assert failing["attribution"]["methods"] == {"auditd": 1} and failing["attribution"]["unattributed"] == 0
     proc = flow["process"]
     assert (proc["method"], proc["pid"], proc["uid"], proc["user"], proc["syscall"]) == (
         "auditd",
