@@ -501,3 +501,22 @@ def test_a_served_reranker_becomes_a_rerank_model_and_makes_reranking_consistent
         {}, {"name": "n", "version": "1"}, tree_free, {"nRetrieve": 25, "nFinal": 5, "useReranking": True}
     )
     assert cc.config_problems(cfg["config"], {"leaf": True}) == []
+
+
+def test_context_control_leaves_an_embedder_served_by_vllm_alone(tmp_path):
+    """The sandbox's case: embeddings from vLLM (port 11434, role embed) have no contextLength to
+    judge; CONTINUE-002 passes on the generating models and does not count the embedder."""
+    from toolkit.audit.continue_checks import continue_results
+
+    plan = plan_for("rtx3060-12gb", {"embed": {"backend": "vllm"}})
+    cfg, glob, settings = _provisioned(plan)
+    embed = next(m for m in cfg["models"] if "embed" in m["roles"])
+    assert embed["provider"] == "vllm" and "defaultCompletionOptions" not in embed
+    homes, units = _workstation(tmp_path / "ws", cfg, glob, settings)
+    (units[0] / "vllm-embed.service").write_text(
+        "[Service]\nExecStart=/opt/vllm/venv/bin/vllm serve 'nomic-ai/nomic-embed-text-v1.5' "
+        "'--served-model-name' 'embed' '--port' '11434' '--max-model-len' '8192'\n"
+    )
+    results = {r.control: r for r in continue_results(homes, units, TIERS)}
+    assert results["CONTINUE-002"].status == "pass", results["CONTINUE-002"]
+    assert results["CONTINUE-002"].detail == "2 checked"

@@ -148,6 +148,10 @@ def _judge_config(path, cfg, served, catalogue, items, unsure, seen) -> None:
         srv = served.get(port) if port else None
         if m.get("provider") != "vllm" or srv is None:
             continue
+        # contextLength prunes prompts of the models that generate; an embedder (role embed, or
+        # rerank) has none to prune, and the role writes none for it.
+        if not set(m.get("roles") or ["chat"]) - {"embed", "rerank"}:
+            continue
         seen["CONTINUE-002"] += 1
         ctx = (m.get("defaultCompletionOptions") or {}).get("contextLength")
         if not isinstance(ctx, int) or (srv["max_model_len"] and ctx > srv["max_model_len"]):
