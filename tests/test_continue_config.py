@@ -520,3 +520,19 @@ def test_context_control_leaves_an_embedder_served_by_vllm_alone(tmp_path):
     results = {r.control: r for r in continue_results(homes, units, TIERS)}
     assert results["CONTINUE-002"].status == "pass", results["CONTINUE-002"]
     assert results["CONTINUE-002"].detail == "2 checked"
+
+
+def test_merge_is_idempotent_for_a_user_with_rules_and_other_blocks():
+    """molecule/stack's developer has `rules:`: the merged file read back and merged again must be
+    byte-identical (the role writes it with sort_keys=false)."""
+    models = cc.managed_models(options(plan_for("no-gpu")))
+    managed = {"name": "L", "version": "1", "schema": "v1"}
+    codebase = {"nFinal": 5, "useReranking": False}
+    user = {"name": "mine", "version": "0.0.1", "schema": "v1", "rules": ["Always answer in English."],
+            "models": [{"name": "My own model", "provider": "openai", "model": "gpt-4o"}],
+            "prompts": [{"name": "p", "prompt": "x"}]}  # fmt: skip
+    first = cc.merge_config(user, managed, models, codebase)["config"]
+    text = yaml.safe_dump(first, sort_keys=False)
+    second = cc.merge_config(yaml.safe_load(text), managed, models, codebase)["config"]
+    assert yaml.safe_dump(second, sort_keys=False) == text
+    assert list(first) == ["name", "version", "schema", "models", "context", "rules", "prompts"]

@@ -186,7 +186,11 @@ def merge_config(existing: dict | None, managed: dict, models: list[dict], codeb
     out.update(managed)
     out["models"] = models + user_models
     out["context"] = [{"provider": "codebase", "params": dict(codebase)}] + user_context
-    return {"config": out, "dropped": dropped}
+    # One key order whatever the input's: the block lists after the other keys, in BLOCK_LISTS order.
+    # A user's `rules:` before `context:` would otherwise swap places on the next run (not idempotent).
+    ordered = {k: v for k, v in out.items() if k not in BLOCK_LISTS}
+    ordered.update((section, out[section]) for section in BLOCK_LISTS if section in out)
+    return {"config": ordered, "dropped": dropped}
 
 
 def merge_global_context(existing: dict | None, selections: dict, shared: dict, extra: dict) -> dict:
