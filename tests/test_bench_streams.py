@@ -284,3 +284,30 @@ def test_a_server_figure_in_the_lowest_bucket_is_only_a_bound_and_search_may_be_
     assert report._server_cell(v["server"], "ms") == "<= 300 ms (20)"
     # The client timed the embedding and LanceDB, the server the embedding: slower is no disagreement.
     assert (v["status"], v["disagree"]) == ("FAIL", False)
+
+
+def test_prompt_budgets_fit_the_served_context_by_the_servers_own_tokenizer():
+    """The sandbox's tiny model serves 2048 tokens and its tokenizer makes ~2 characters a token:
+    4000 characters of code (the ~4 characters a token guess) overflow it and vLLM answers 400. The
+    bench asks /tokenize (in-process stand-in here: httpx.MockTransport, not a network server) and
+    fits the budget; a server without /tokenize keeps the default."""
+    from toolkit.bench.client import Api, Resolved
+    from toolkit.bench.endpoints import Endpoint
+    from toolkit.bench.runner import fit_chars
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/tokenize":
+            prompt = json.loads(request.content)["prompt"]
+            return httpx.Response(200, json={"count": len(prompt) // 2, "max_model_len": 2048})
+        return httpx.Response(404)
+
+    async def run(listed: dict | None, transport) -> int:
+        async with httpx.AsyncClient(transport=transport) as client:
+            r = Resolved(Endpoint("autocomplete", "http://127.0.0.1:8001", ("autocomplete",)), "autocomplete", listed)
+            return await fit_chars(Api(client, None), r, "x" * 8000, 128, 4000)
+
+    fitted = asyncio.run(run({"max_model_len": 2048}, httpx.MockTransport(handler)))
+    assert fitted == int((2048 - 128) * 2 * 0.8) == 3072
+    assert fitted // 2 + 128 <= 2048
+    assert asyncio.run(run({"max_model_len": 2048}, httpx.MockTransport(lambda req: httpx.Response(404)))) == 4000
+    assert asyncio.run(run(None, httpx.MockTransport(handler))) == 4000

@@ -10,7 +10,7 @@ import asyncio
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -121,6 +121,26 @@ async def run_level(
 RequestFn = Callable[[int, str], Awaitable[dict[str, float]]]
 
 
+async def fit_chars(api: Api, r: Resolved, sample: str, reserve_tokens: int, want_chars: int) -> int:
+    """``want_chars`` of code, or fewer when that would not fit the served max_model_len less
+    ``reserve_tokens``: characters per token from vLLM's /tokenize on ``sample`` (a server without
+    /tokenize or without a listed max_model_len keeps ``want_chars``)."""
+    mml = (r.listed or {}).get("max_model_len")
+    if not isinstance(mml, int) or not sample:
+        return want_chars
+    try:
+        resp = await api.client.post(
+            f"{r.endpoint.root}/tokenize", json={"model": r.model, "prompt": sample}, headers=api.headers
+        )
+        count = int(resp.json()["count"]) if resp.status_code == 200 else 0
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        count = 0
+    if count <= 0:
+        return want_chars
+    fits = int((mml - reserve_tokens) * len(sample) / count * 0.8)  # 20% margin: code is uneven
+    return max(200, min(want_chars, fits))
+
+
 def _request_fns(
     api: Api, res: dict[str, Resolved], s: Settings, index: search.Index, session: str
 ) -> dict[str, RequestFn]:
@@ -211,6 +231,18 @@ async def _run(endpoints: Endpoints, api_key: str | None, s: Settings, progress:
 
             index = await search.build(api, res["embed"], tree, db_dir, on_batch)
             session = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+            # Continue prunes its prompts to the served context (contextLength); the bench fits its
+            # character budgets the same way, from the server's own tokenizer.
+            sample = "".join(p.read_text(errors="replace") for p in search.collect(index.tree)[:8])[:8000]
+            s = replace(
+                s,
+                autocomplete_context_chars=await fit_chars(
+                    api, res["autocomplete"], sample, s.autocomplete_max_tokens + 64, s.autocomplete_context_chars
+                ),
+                chat_context_chars=await fit_chars(
+                    api, res["chat"], sample, 2 * s.chat_max_tokens + 512, s.chat_context_chars
+                ),
+            )
             fns = _request_fns(api, res, s, index, session)
 
             def level_fn(name: str, phase: str) -> Callable[[int], Awaitable[dict[str, float]]]:
