@@ -51,7 +51,8 @@ def test_sandbox_up_converges_benches_audits_then_reconverges_with_no_change():
         (host,) = summary["hosts"].values()
         assert host["failed"] == 0 and not host["unreachable"] and host["changed"] > 0, r.stderr[-3000:]
         # Both verdicts are printed, in the table on stdout.
-        assert re.search(r"bench \(SLOs\)\s*│\s*(PASS|FAIL)", r.stdout), r.stdout
+        # INCONCLUSIVE: a server histogram bucket straddled a threshold (the bench will not guess).
+        assert re.search(r"bench \(SLOs\)\s*│\s*(PASS|FAIL|INCONCLUSIVE)", r.stdout), r.stdout
         assert re.search(r"audit \(egress\)\s*│\s*PASS", r.stdout), (
             r.stdout + (run_dir / "audit" / "audit.txt").read_text()
         )
