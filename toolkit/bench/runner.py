@@ -145,7 +145,7 @@ def _request_fns(
     api: Api, res: dict[str, Resolved], s: Settings, index: search.Index, session: str
 ) -> dict[str, RequestFn]:
     """One function per workload: ``fn(i, phase)`` sends request i of a phase ("warm-1", "run-4")."""
-    files = search.collect(index.tree)
+    files = index.paths
     # Continue's split of the prompt budget: at most a fifth after the cursor.
     suffix_chars = s.autocomplete_context_chars // 5
     cursors = workloads.cursors(index.tree, files, prefix_chars=s.autocomplete_context_chars - suffix_chars,
@@ -233,7 +233,7 @@ async def _run(endpoints: Endpoints, api_key: str | None, s: Settings, progress:
             session = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
             # Continue prunes its prompts to the served context (contextLength); the bench fits its
             # character budgets the same way, from the server's own tokenizer.
-            sample = "".join(p.read_text(errors="replace") for p in search.collect(index.tree)[:8])[:8000]
+            sample = "".join(p.read_text(errors="replace") for p in index.paths[:8])[:8000]
             s = replace(
                 s,
                 autocomplete_context_chars=await fit_chars(

@@ -10,7 +10,7 @@ import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -170,6 +170,7 @@ class Index:
     chunks: int
     dimensions: int
     index_s: float
+    paths: list[Path] = field(default_factory=list)  # the files indexed, so the workloads read the same ones
 
     def search(self, vector: list[float], k: int) -> list[Hit]:
         rows = self.table.search(vector).limit(k).select(["path", "start_line", "end_line", "_distance"]).to_list()
@@ -208,7 +209,7 @@ async def build(
 
     table = await asyncio.to_thread(store)
     dims = len(rows[0]["vector"])
-    return Index(table, tree, len(files), len(chunks), dims, time.perf_counter() - start)
+    return Index(table, tree, len(files), len(chunks), dims, time.perf_counter() - start, files)
 
 
 async def query(api: Api, embed: Resolved, index: Index, text: str, k: int) -> tuple[list[Hit], float]:
@@ -329,10 +330,10 @@ def scale_point(rows: int, dims: int, db_dir: Path, queries: int = 50, k: int = 
     flat_ids, flat_s = timed(flat_q)
     params = ann_params(rows, dims)
     t0 = time.perf_counter()
+    from lancedb.index import IvfPq  # the unified config API (metric/num_partitions keywords are deprecated)
+
     table.create_index(
-        index_type=params["index_type"],
-        num_partitions=params["num_partitions"],
-        num_sub_vectors=params["num_sub_vectors"],
+        "vector", config=IvfPq(num_partitions=params["num_partitions"], num_sub_vectors=params["num_sub_vectors"])
     )
     index_s = time.perf_counter() - t0
 
