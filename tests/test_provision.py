@@ -82,6 +82,17 @@ def test_provision_local_plans_and_keeps_artifacts():
     gpu = json.loads((run_dir / "plans" / "localhost.gpu.json").read_text())
     assert plan["runtime"] == "cpu" and gpu["status"] == "no-gpu"
     assert (run_dir / "artifacts" / "converge" / "stdout").exists() and (run_dir / "summary.json").exists()
+    # One plan: the converge skipped planning and applied the plan phase 1 showed, from the run's events.
+    events = [json.loads(f.read_text()) for f in (run_dir / "artifacts" / "converge" / "job_events").glob("*.json")]
+    by_task = {
+        (e.get("event_data") or {}).get("task", ""): e
+        for e in events
+        if e.get("event", "").startswith("runner_on_") and e["event"] != "runner_on_start"
+    }
+    detect = next(e for t, e in by_task.items() if t.startswith("Detect this host's GPUs"))
+    publish = next(e for t, e in by_task.items() if t.startswith("Publish the plan"))
+    assert detect["event"] == "runner_on_skipped", detect["event"]
+    assert publish["event_data"]["res"]["ansible_facts"]["toolkit_plan"] == plan
 
 
 def _host_spans(run_dir: Path) -> dict[str, tuple[str, str]]:

@@ -361,6 +361,7 @@ def provision(
         diff=diff,
         forks=forks,
         on_change=on_change,
+        extravars={"toolkit_shown_plans": plans},  # the plans shown are the plans applied
     )
     seconds = {"plan": t1 - t0, "converge": time.monotonic() - t2}
     result = RunResult(run_dir, r.rc, r.status, tracker.hosts, plans, seconds)
