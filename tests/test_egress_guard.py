@@ -249,6 +249,31 @@ def test_guard_state_of_another_root_takes_its_users_and_hosts_file_not_this_mac
     assert found["GUARD-001"] == "pass" and found["GUARD-003"] == "pass"
 
 
+def test_guard_judges_the_users_the_role_wrote_into_its_intent_a_renamed_service_user_included(
+    tmp_path: Path,
+) -> None:
+    """vllm_user renamed to aiserve: the role guards aiserve and says so in intent.json; without
+    --user, GUARD-001 judges aiserve (the recorded ruleset is another's: fail), not the built-in names."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\naiserve:x:990:990::/:/usr/sbin/nologin\n")
+    intent = tmp_path / "var" / "lib" / "toolkit" / "intent.json"
+    intent.parent.mkdir(parents=True)
+    intent.write_text(json.dumps({"table": "toolkit_egress_guard", "uids": [990], "users": ["aiserve"]}))
+
+    def fake_nft(cmd, **_):
+        out = json.dumps(RECORDED) if "nft" in cmd[0] else ""
+        return subprocess.CompletedProcess(cmd, 0 if "nft" in cmd[0] else 1, out, "")
+
+    state = collect_guard_state(root=tmp_path, run=fake_nft, hosts_file=None, intent_file=intent)
+    assert state.users == (ServiceUser("aiserve", 990),)
+    g1 = next(f for f in guard_findings(state) if f.control == "GUARD-001")
+    assert g1.status == "fail" and g1.evidence["users"] == {"aiserve": 990}, g1
+    # An intent written before the names were recorded keeps the built-in list.
+    intent.write_text(json.dumps({"table": "toolkit_egress_guard", "uids": [999]}))
+    state = collect_guard_state(root=tmp_path, run=fake_nft, hosts_file=None, intent_file=intent)
+    assert [u.name for u in state.users] == ["vllm", "ollama"]
+
+
 def test_passwd_of_another_root_names_its_uids_and_the_first_entry_wins() -> None:
     from toolkit.passwd import parse_passwd
 

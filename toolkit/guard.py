@@ -429,7 +429,7 @@ def resolve_users(names: Iterable[str], root: Path | None = None) -> tuple[Servi
 
 def collect_guard_state(
     table: str = DEFAULT_TABLE,
-    users: Iterable[str] = DEFAULT_USERS,
+    users: Iterable[str] | None = None,
     log_prefix: str = DEFAULT_LOG_PREFIX,
     hosts_file: Path | None = Path("/etc/hosts"),
     phone_home: Sequence[PhoneHomeEndpoint] | None = None,
@@ -439,7 +439,8 @@ def collect_guard_state(
     intent_file: Path | None = DEFAULT_INTENT,
 ) -> GuardState:
     """Reads the guard from this host (or from inside network namespace ``netns``). With ``root``,
-    the users and the hosts file are those of that file system (a container seen from outside)."""
+    the users and the hosts file are those of that file system (a container seen from outside).
+    ``users`` None: the users the role guarded (its intent.json), else DEFAULT_USERS."""
     if root is not None and hosts_file is not None and not hosts_file.is_relative_to(root):
         hosts_file = root / hosts_file.relative_to("/")
     doc, err = read_ruleset(table, netns=netns, run=run)
@@ -456,7 +457,7 @@ def collect_guard_state(
     return GuardState(
         table=table,
         ruleset=parse_ruleset(doc, intent),
-        users=resolve_users(users, root),
+        users=resolve_users(users if users is not None else intent_users(intent), root),
         attempts=tuple(parse_log_lines(lines, log_prefix)),
         sinkhole_expected=expected,
         sinkhole_present=present,
@@ -464,6 +465,15 @@ def collect_guard_state(
         log_source=source,
         intent_source=intent_source,
     )
+
+
+def intent_users(intent: dict[str, Any] | None) -> tuple[str, ...]:
+    """The user names the role wrote into its intent (renamed service users included); an intent
+    from before the names were written, or none at all, gives DEFAULT_USERS."""
+    names = (intent or {}).get("users")
+    if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return DEFAULT_USERS
 
 
 def read_intent(path: Path | None, root: Path | None = None) -> tuple[dict[str, Any] | None, str | None]:

@@ -123,7 +123,8 @@ def audit(
     guard_user: list[str] = typer.Option(
         [],
         "--guard-user",
-        help="Service users the guard must cover (repeatable; default: vllm and ollama).",
+        help="Service users the guard must cover (repeatable; default: those the role guarded, "
+        "from its intent.json, else vllm and ollama).",
     ),
     ready_file: Path | None = typer.Option(
         None,

@@ -19,8 +19,12 @@ _STYLE = {"pass": "green", "fail": "red", "blocked": "yellow", "skip": "dim"}
 def guard_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the findings as JSON (for machines)."),
     table: str = typer.Option(guard.DEFAULT_TABLE, help="nftables table (family inet) of the guard."),
-    user: list[str] = typer.Option(
-        list(guard.DEFAULT_USERS), "--user", "-u", help="Service user that must be covered (repeatable)."
+    user: list[str] | None = typer.Option(
+        None,
+        "--user",
+        "-u",
+        help="Service user that must be covered (repeatable). Default: the users the role guarded "
+        "(its intent.json), else vllm and ollama.",
     ),
     log_prefix: str = typer.Option(guard.DEFAULT_LOG_PREFIX, help="Kernel log prefix of the guard."),
     hosts_file: Path = typer.Option(Path("/etc/hosts"), help="Hosts file with the phone-home sinkhole."),
@@ -36,7 +40,7 @@ def guard_cmd(
     Needs root (nft). Exit 0 when nothing fails, 1 when a control fails, 3 without root or nft.
     """
     state = guard.collect_guard_state(
-        table=table, users=user, log_prefix=log_prefix, hosts_file=hosts_file, netns=netns
+        table=table, users=user or None, log_prefix=log_prefix, hosts_file=hosts_file, netns=netns
     )
     if state.nft_error and ("not permitted" in state.nft_error.lower() or "not installed" in state.nft_error):
         raise EnvironmentProblem(f"cannot read the guard: {state.nft_error} (run as root, with nftables)")

@@ -96,7 +96,8 @@ def provision_cmd(
 
     Phase 1 plans every host (GPU detection and model choice on the host itself) and shows the
     plans; nothing changes if any host cannot be planned. Phase 2 runs playbooks/site.yml with the
-    plans shown (no second planning) and a live hosts x roles view. Plans, events and logs are kept in artifacts/runs/<id>/.
+    plans shown (no second planning) and a live hosts x roles view. Plans, events and logs are
+    kept in artifacts/runs/<id>/.
     Exit 0 when every host converged, 1 when a host failed or was unreachable, 2 on bad input.
     """
     err = Console(stderr=True)
