@@ -15,7 +15,11 @@ The memory model follows vLLM's own start-up accounting (vllm 0.32, read from it
 - ``vllm/v1/worker/gpu_model_runner.py: profile_run``: one forward pass of --max-num-batched-tokens
   tokens (the activation peak), then ``_dummy_sampler_run`` on max_num_seqs rows of full-vocabulary
   logits (the sampler warm-up).
-- ``vllm/config/vllm.py: _set_cudagraph_sizes``: graphs are captured up to min(2 x max_num_seqs, 512).
+- ``vllm/config/vllm.py: _set_cudagraph_sizes``: graphs are captured up to min(2 x max_num_seqs, 512)
+  tokens, and with the default cudagraph_mode FULL_AND_PIECEWISE a second, full-graph set for decode
+  batches up to max_num_seqs (``vllm/v1/cudagraph_dispatcher.py``); ``gpu_worker.py`` subtracts
+  ``profile_cudagraph_memory()``'s estimate of both (VLLM_MEMORY_PROFILER_ESTIMATE_CUDAGRAPHS, on
+  by default since v0.21).
 
 Fit rule, per GPU: the KV cache vLLM will compute must hold ``min_full_sequences`` full-length
 sequences at the chosen --max-model-len, and all servers of a GPU (fractions plus CUDA contexts) fit
@@ -138,8 +142,15 @@ def sampler_gib(max_num_seqs: int, vocab: int, bytes_per_logit: float) -> float:
 
 
 def cuda_graph_gib(model: dict, max_num_seqs: int, limits: dict) -> float:
-    largest = min(2 * max_num_seqs, 512)
-    return limits["cuda_graph_base_gib"] + limits["cuda_graph_gib_per_layer_at_512"] * model["layers"] * largest / 512
+    """Both graph sets vLLM captures: piecewise up to min(2 x S, 512) tokens and full decode graphs up
+    to S (FULL_AND_PIECEWISE). Counting only the piecewise set gave 0.39 GiB where vLLM 0.21 logged
+    "Estimated CUDA graph memory: 0.52 GiB total" for Qwen3-8B at 256 sequences ("PIECEWISE=51
+    (largest=512), FULL=35 (largest=256)", tests/data/vllm_startup_logs.yaml); with both,
+    0.10 + 0.008 x 36 layers x (512 + 256) / 512 = 0.53 GiB."""
+    piecewise = min(2 * max_num_seqs, 512)
+    full = min(max_num_seqs, piecewise)
+    per_layer = limits["cuda_graph_gib_per_layer_at_512"]
+    return limits["cuda_graph_base_gib"] + per_layer * model["layers"] * (piecewise + full) / 512
 
 
 def estimate(model: dict, quant: dict, context: int, tp: int, seqs: int, batched: int, limits: dict) -> dict:
