@@ -466,8 +466,10 @@ def test_audit_passes_a_provisioned_workstation_and_names_each_kind_of_continue_
     plan = plan_for("rtx3060-12gb")
     cfg, glob, settings = _provisioned(plan)
     homes, units = _workstation(tmp_path / "good", cfg, glob, settings)
-    assert {r.control: r.status for r in continue_results(homes, units, TIERS)} == {
-        f"CONTINUE-00{i}": "pass" for i in range(1, 7)
+    hosts = tmp_path / "good/etc/hosts"  # as the egress_guard role writes it
+    hosts.write_text("127.0.0.1 localhost\n0.0.0.0 api.continue.dev hub.continue.dev\n:: api.continue.dev\n")
+    assert {r.control: r.status for r in continue_results(homes, units, TIERS, hosts)} == {
+        f"CONTINUE-00{i}": "pass" for i in range(1, 8)
     }
     # Drift: StarCoder's template, 32k context, rerank without a reranker, the built-in embedder,
     # the CLI's auto-update and VS Code's update check back on.
@@ -478,8 +480,10 @@ def test_audit_passes_a_provisioned_workstation_and_names_each_kind_of_continue_
     del glob["autoUpdateCli"]
     settings["update.mode"] = "default"
     homes, units = _workstation(tmp_path / "drift", cfg, glob, settings)
-    results = {r.control: r for r in continue_results(homes, units, TIERS)}
-    assert {k: r.status for k, r in results.items()} == {f"CONTINUE-00{i}": "fail" for i in range(1, 7)}
+    hosts = tmp_path / "drift/etc/hosts"
+    hosts.write_text("127.0.0.1 localhost\n# 0.0.0.0 api.continue.dev\n0.0.0.0 hub.continue.dev\n")
+    results = {r.control: r for r in continue_results(homes, units, TIERS, hosts)}
+    assert {k: r.status for k, r in results.items()} == {f"CONTINUE-00{i}": "fail" for i in range(1, 8)}
     assert results["CONTINUE-001"].items[0]["family"] == "Qwen2.5-Coder"
     assert results["CONTINUE-002"].items == [{
         "file": str(homes[0] / ".continue/config.yaml"), "model": "Local chat (chat)", "contextLength": 32768,
@@ -487,8 +491,16 @@ def test_audit_passes_a_provisioned_workstation_and_names_each_kind_of_continue_
     assert results["CONTINUE-004"].items[0]["selected"] == "Transformers.js (Built-In)"
     assert results["CONTINUE-005"].items[0]["autoUpdateCli"] is None
     assert results["CONTINUE-006"].items[0]["wrong"] == {"update.mode": "default"}
-    assert {r.control: r.status for r in continue_results([tmp_path / "nobody"], [], TIERS)} == {
-        f"CONTINUE-00{i}": "skip" for i in range(1, 7)
+    # The version check is named by its DNS name, with the request and where the name comes from.
+    assert results["CONTINUE-007"].detail == (
+        "api.continue.dev is not sinkholed: GET https://api.continue.dev/cn/info?id=<machine id> "
+        "(cn src/version.ts getLatestVersion)"
+    )
+    assert results["CONTINUE-007"].items[0]["host"] == "api.continue.dev"
+    assert results["CONTINUE-007"].items[0]["hosts_file"] == str(hosts)
+    assert "extensions/cli/src/version.ts getLatestVersion" in results["CONTINUE-007"].items[0]["source"]
+    assert {r.control: r.status for r in continue_results([tmp_path / "nobody"], [], TIERS, hosts)} == {
+        f"CONTINUE-00{i}": "skip" for i in range(1, 8)
     }
 
 
