@@ -125,14 +125,28 @@ def _sinkhole_block() -> str:
 
 @pytest.fixture(scope="module")
 def role_home(tmp_path_factory) -> Path:
-    """~/.continue as the continue role's own tasks write it (config.yaml, index/globalContext.json)."""
+    """~/.continue as the continue role's own tasks write it (config.yaml, index/globalContext.json),
+    for a plan that serves a reranker (4x H100, overrides.rerank), so the same run shows the rerank path."""
     require((CONFIG_YAML_PKG / "dist/cli.js").exists(), f"needs @continuedev/config-yaml at {CONFIG_YAML_PKG}")
     tmp = tmp_path_factory.mktemp("role")
     home = tmp / "home"
     (home / ".continue/index").mkdir(parents=True)
-    r = _run_role_tasks(tmp, home, {"toolkit_plan": plan_for("no-gpu")})
+    r = _run_role_tasks(
+        tmp, home, {"toolkit_plan": plan_for("4x-h100-80gb", {"rerank": {"model": "bge-reranker-base"}})}
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert "@Codebase without reranking" not in r.stdout
     return home
+
+
+def test_role_writes_the_planned_reranker_and_reranks_with_it(role_home):
+    cfg = yaml.safe_load((role_home / ".continue/config.yaml").read_text())
+    rerank = [m for m in cfg["models"] if "rerank" in m["roles"]]
+    assert rerank == [{"name": "Local rerank (rerank)", "provider": "vllm", "model": "rerank",
+                       "apiBase": "http://127.0.0.1:8002/v1", "roles": ["rerank"]}], rerank  # fmt: skip
+    assert cfg["context"][0] == {"provider": "codebase", "params": {"nFinal": 5, "useReranking": True, "nRetrieve": 25}}
+    glob = json.loads((role_home / ".continue/index/globalContext.json").read_text())
+    assert glob["selectedModelsByProfileId"]["local"]["rerank"] == "Local rerank (rerank)"
 
 
 @pytest.fixture(scope="module")

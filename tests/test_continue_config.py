@@ -515,6 +515,42 @@ def test_a_served_reranker_becomes_a_rerank_model_and_makes_reranking_consistent
     assert cc.config_problems(cfg["config"], {"leaf": True}) == []
 
 
+def test_a_reranker_is_planned_only_on_a_gpu_with_room_and_then_continue_reranks():
+    import jsonschema
+
+    schema = json.loads((REPO / "toolkit/data/plan.schema.json").read_text())
+    ask = {"rerank": {"model": "bge-reranker-base"}}
+    plan = plan_for("4x-h100-80gb", ask)  # GPUs 2 and 3 idle beside chat and autocomplete
+    jsonschema.validate(plan, schema)
+    svc = plan["services"]["rerank"]
+    facts = TIERS["rerankers"]["bge-reranker-base"]
+    assert (svc["role"], svc["model"], svc["licence"], svc["port"], svc["gpus"]) == (
+        "rerank", "BAAI/bge-reranker-base", "MIT", 8002, [2])  # fmt: skip
+    assert svc["args"][:5] == ["BAAI/bge-reranker-base", "--revision", facts["revision"], "--runner", "pooling"]
+    assert svc["max_model_len"] == 512 and svc["gpu_memory_utilization"] * 80 >= facts["memory_gib"]
+    assert plan["start_order"][-1] == "rerank"
+    view = cc.client_view(plan, TIERS, "hermes")
+    models = cc.managed_models(options(plan, rerank_model=svc["served_model_name"], rerank_port=svc["port"]))
+    assert models[3] == {"name": "Local rerank (rerank)", "provider": "vllm", "model": "rerank",
+                         "apiBase": "http://127.0.0.1:8002/v1", "roles": ["rerank"]}  # fmt: skip
+    cfg = cc.merge_config(
+        {}, {"name": "n", "version": "1"}, models, {"nRetrieve": 25, "nFinal": 5, "useReranking": True}
+    )
+    assert cc.config_problems(cfg["config"], {"leaf": True}) == [] and view["chat_context"] > 0
+    # No room beside a single GPU's chat and autocomplete, and never on the CPU runtime: no service,
+    # and the plan says why (the role then writes useReranking: false).
+    for inventory, why in (("rtx4090-24gb", "the most any GPU has left beside the other servers is"),
+                           ("no-gpu", "not served on the CPU runtime")):  # fmt: skip
+        plan = plan_for(inventory, ask)
+        jsonschema.validate(plan, schema)
+        assert "rerank" not in plan["services"] and "rerank" not in plan["start_order"]
+        [reason] = [r for r in plan["reasons"] if r.startswith("rerank: ")]
+        assert why in reason and reason.endswith("runs without reranking (useReranking: false)"), reason
+    assert "rerank" not in plan_for("4x-h100-80gb")["services"]  # only when asked for
+    with pytest.raises(ValueError, match="overrides.rerank.model must be one of bge-reranker-base, got 'x'"):
+        plan_for("4x-h100-80gb", {"rerank": {"model": "x"}})
+
+
 def test_context_control_leaves_an_embedder_served_by_vllm_alone(tmp_path):
     """The sandbox's case: embeddings from vLLM (port 11434, role embed) have no contextLength to
     judge; CONTINUE-002 passes on the generating models and does not count the embedder."""
