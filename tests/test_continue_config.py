@@ -466,8 +466,10 @@ def test_audit_passes_a_provisioned_workstation_and_names_each_kind_of_continue_
     plan = plan_for("rtx3060-12gb")
     cfg, glob, settings = _provisioned(plan)
     homes, units = _workstation(tmp_path / "good", cfg, glob, settings)
-    assert {r.control: r.status for r in continue_results(homes, units, TIERS)} == {
-        f"CONTINUE-00{i}": "pass" for i in range(1, 7)
+    hosts = tmp_path / "good/etc/hosts"  # as the egress_guard role writes it
+    hosts.write_text("127.0.0.1 localhost\n0.0.0.0 api.continue.dev hub.continue.dev\n:: api.continue.dev\n")
+    assert {r.control: r.status for r in continue_results(homes, units, TIERS, hosts)} == {
+        f"CONTINUE-00{i}": "pass" for i in range(1, 8)
     }
     # Drift: StarCoder's template, 32k context, rerank without a reranker, the built-in embedder,
     # the CLI's auto-update and VS Code's update check back on.
@@ -478,8 +480,10 @@ def test_audit_passes_a_provisioned_workstation_and_names_each_kind_of_continue_
     del glob["autoUpdateCli"]
     settings["update.mode"] = "default"
     homes, units = _workstation(tmp_path / "drift", cfg, glob, settings)
-    results = {r.control: r for r in continue_results(homes, units, TIERS)}
-    assert {k: r.status for k, r in results.items()} == {f"CONTINUE-00{i}": "fail" for i in range(1, 7)}
+    hosts = tmp_path / "drift/etc/hosts"
+    hosts.write_text("127.0.0.1 localhost\n# 0.0.0.0 api.continue.dev\n0.0.0.0 hub.continue.dev\n")
+    results = {r.control: r for r in continue_results(homes, units, TIERS, hosts)}
+    assert {k: r.status for k, r in results.items()} == {f"CONTINUE-00{i}": "fail" for i in range(1, 8)}
     assert results["CONTINUE-001"].items[0]["family"] == "Qwen2.5-Coder"
     assert results["CONTINUE-002"].items == [{
         "file": str(homes[0] / ".continue/config.yaml"), "model": "Local chat (chat)", "contextLength": 32768,
@@ -487,8 +491,16 @@ def test_audit_passes_a_provisioned_workstation_and_names_each_kind_of_continue_
     assert results["CONTINUE-004"].items[0]["selected"] == "Transformers.js (Built-In)"
     assert results["CONTINUE-005"].items[0]["autoUpdateCli"] is None
     assert results["CONTINUE-006"].items[0]["wrong"] == {"update.mode": "default"}
-    assert {r.control: r.status for r in continue_results([tmp_path / "nobody"], [], TIERS)} == {
-        f"CONTINUE-00{i}": "skip" for i in range(1, 7)
+    # The version check is named by its DNS name, with the request and where the name comes from.
+    assert results["CONTINUE-007"].detail == (
+        "api.continue.dev is not sinkholed: GET https://api.continue.dev/cn/info?id=<machine id> "
+        "(cn src/version.ts getLatestVersion)"
+    )
+    assert results["CONTINUE-007"].items[0]["host"] == "api.continue.dev"
+    assert results["CONTINUE-007"].items[0]["hosts_file"] == str(hosts)
+    assert "extensions/cli/src/version.ts getLatestVersion" in results["CONTINUE-007"].items[0]["source"]
+    assert {r.control: r.status for r in continue_results([tmp_path / "nobody"], [], TIERS, hosts)} == {
+        f"CONTINUE-00{i}": "skip" for i in range(1, 8)
     }
 
 
@@ -501,6 +513,42 @@ def test_a_served_reranker_becomes_a_rerank_model_and_makes_reranking_consistent
         {}, {"name": "n", "version": "1"}, tree_free, {"nRetrieve": 25, "nFinal": 5, "useReranking": True}
     )
     assert cc.config_problems(cfg["config"], {"leaf": True}) == []
+
+
+def test_a_reranker_is_planned_only_on_a_gpu_with_room_and_then_continue_reranks():
+    import jsonschema
+
+    schema = json.loads((REPO / "toolkit/data/plan.schema.json").read_text())
+    ask = {"rerank": {"model": "bge-reranker-base"}}
+    plan = plan_for("4x-h100-80gb", ask)  # GPUs 2 and 3 idle beside chat and autocomplete
+    jsonschema.validate(plan, schema)
+    svc = plan["services"]["rerank"]
+    facts = TIERS["rerankers"]["bge-reranker-base"]
+    assert (svc["role"], svc["model"], svc["licence"], svc["port"], svc["gpus"]) == (
+        "rerank", "BAAI/bge-reranker-base", "MIT", 8002, [2])  # fmt: skip
+    assert svc["args"][:5] == ["BAAI/bge-reranker-base", "--revision", facts["revision"], "--runner", "pooling"]
+    assert svc["max_model_len"] == 512 and svc["gpu_memory_utilization"] * 80 >= facts["memory_gib"]
+    assert plan["start_order"][-1] == "rerank"
+    view = cc.client_view(plan, TIERS, "hermes")
+    models = cc.managed_models(options(plan, rerank_model=svc["served_model_name"], rerank_port=svc["port"]))
+    assert models[3] == {"name": "Local rerank (rerank)", "provider": "vllm", "model": "rerank",
+                         "apiBase": "http://127.0.0.1:8002/v1", "roles": ["rerank"]}  # fmt: skip
+    cfg = cc.merge_config(
+        {}, {"name": "n", "version": "1"}, models, {"nRetrieve": 25, "nFinal": 5, "useReranking": True}
+    )
+    assert cc.config_problems(cfg["config"], {"leaf": True}) == [] and view["chat_context"] > 0
+    # No room beside a single GPU's chat and autocomplete, and never on the CPU runtime: no service,
+    # and the plan says why (the role then writes useReranking: false).
+    for inventory, why in (("rtx4090-24gb", "the most any GPU has left beside the other servers is"),
+                           ("no-gpu", "not served on the CPU runtime")):  # fmt: skip
+        plan = plan_for(inventory, ask)
+        jsonschema.validate(plan, schema)
+        assert "rerank" not in plan["services"] and "rerank" not in plan["start_order"]
+        [reason] = [r for r in plan["reasons"] if r.startswith("rerank: ")]
+        assert why in reason and reason.endswith("runs without reranking (useReranking: false)"), reason
+    assert "rerank" not in plan_for("4x-h100-80gb")["services"]  # only when asked for
+    with pytest.raises(ValueError, match="overrides.rerank.model must be one of bge-reranker-base, got 'x'"):
+        plan_for("4x-h100-80gb", {"rerank": {"model": "x"}})
 
 
 def test_context_control_leaves_an_embedder_served_by_vllm_alone(tmp_path):

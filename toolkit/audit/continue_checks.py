@@ -1,11 +1,12 @@
-"""CONTINUE-001..006: a workstation's Continue drifted from what the continue role writes.
+"""CONTINUE-001..007: a workstation's Continue drifted from what the continue role writes.
 
 Static, from the files alone (the audit's StaticInputs: homes, systemd unit directories, root):
 the vLLM units say what is served (``--model``, ``--served-model-name``, ``--port``,
 ``--max-model-len``), tiers.yaml says each served model's family and its FIM template, and each
 developer's ~/.continue/config.yaml, index/globalContext.json and editor settings say what Continue
-will do. Why each matters is in roles/continue/README.md (with the Continue code that reads it).
-A file that cannot be read or parsed makes the control INCONCLUSIVE, never PASS.
+will do; the hosts file says whether the Continue CLI's version check can leave. Why each matters
+is in roles/continue/README.md (with the Continue code that reads it). A file that cannot be read
+or parsed makes the control INCONCLUSIVE, never PASS.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ from toolkit.audit.model_checks import served_model_arg
 from toolkit.audit.static_checks import _load_doc
 from toolkit.audit.systemd_unit import parse_unit_file, split_words
 
+# @continuedev/cli 1.5.47 src/version.ts getLatestVersion() fetches
+# https://api.continue.dev/cn/info?id=<sha256 of the machine id> when the module loads (line 65, a
+# top-level call): autoUpdateCli only stops what UpdateService does with the answer. The name must
+# be in toolkit/data/phone_home.yaml with sinkhole: true (the egress_guard role writes the hosts file).
+CLI_VERSION_HOST = "api.continue.dev"
+CLI_VERSION_REQUEST = "GET https://api.continue.dev/cn/info?id=<machine id> (cn src/version.ts getLatestVersion)"
+
 CONTROLS = (
     Control("CONTINUE-001", "Continue's autocomplete FIM template matches the served model's family", "medium",
             "promptTemplates.autocomplete of the autocomplete model is the family's FIM template (tiers.yaml "
@@ -40,6 +48,9 @@ CONTROLS = (
             "globalContext.json autoUpdateCli is false (otherwise `cn` runs npm i -g and restarts)."),
     Control("CONTINUE-006", "Editor update checks off", "medium",
             "Every editor settings.json present sets update.mode none and extension auto-update/checks off."),
+    Control("CONTINUE-007", "Continue CLI version check sinkholed", "medium",
+            f"{CLI_VERSION_HOST} resolves to 0.0.0.0/:: in the hosts file: `cn` asks it for its latest "
+            "version on every start (GET /cn/info?id=<machine id>) and no setting turns that off."),
 )  # fmt: skip
 EDITOR_SETTINGS = (
     ".config/Code/User/settings.json",
@@ -104,7 +115,10 @@ def _port(api_base: str) -> int | None:
         return None
 
 
-def continue_results(homes: list[Path], unit_dirs: list[Path], catalogue: dict[str, Any] | None = None) -> list[Result]:
+def continue_results(
+    homes: list[Path], unit_dirs: list[Path], catalogue: dict[str, Any] | None = None, hosts_file: Path | None = None
+) -> list[Result]:
+    """The CONTINUE-00x results; ``hosts_file`` None leaves CONTINUE-007 unjudged (skip)."""
     catalogue = catalogue or yaml.safe_load(resources.files("toolkit").joinpath("data/tiers.yaml").read_text())
     served = served_models(unit_dirs)
     items: dict[str, list[dict[str, Any]]] = {c.id: [] for c in CONTROLS}
@@ -124,9 +138,13 @@ def continue_results(homes: list[Path], unit_dirs: list[Path], catalogue: dict[s
                 _judge_selection(home, cfg, items, unsure, seen)
         _judge_cli(home, items, unsure, seen)
         _judge_editors(home, items, unsure, seen)
+    if hosts_file is not None and any((h / ".continue").is_dir() for h in homes):
+        _judge_version_check(hosts_file, items, unsure, seen)
     out = []
     for c in CONTROLS:
-        if items[c.id]:
+        if items[c.id] and c.id == "CONTINUE-007":
+            out.append(Result(c.id, "fail", f"{CLI_VERSION_HOST} is not sinkholed: {CLI_VERSION_REQUEST}", items[c.id]))
+        elif items[c.id]:
             out.append(Result(c.id, "fail", f"{len(items[c.id])} finding(s)", items[c.id]))
         elif unsure[c.id]:
             out.append(Result(c.id, "inconclusive", "; ".join(unsure[c.id])))
@@ -225,6 +243,24 @@ def _judge_editors(home, items, unsure, seen) -> None:
             items["CONTINUE-006"].append({"file": str(path), "wrong": wrong, "expected": EDITOR_VALUES})
 
 
+def _judge_version_check(hosts_file: Path, items, unsure, seen) -> None:
+    from toolkit.guard import load_phone_home, match_phone_home, parse_hosts_sinkhole
+
+    seen["CONTINUE-007"] += 1
+    try:
+        sinkholed = parse_hosts_sinkhole(hosts_file.read_text(errors="replace"))
+    except FileNotFoundError:
+        sinkholed = []
+    except OSError as err:
+        unsure["CONTINUE-007"].append(f"{hosts_file}: {err.strerror}")
+        return
+    if CLI_VERSION_HOST not in sinkholed:
+        entry = match_phone_home(CLI_VERSION_HOST, load_phone_home())
+        items["CONTINUE-007"].append({
+            "host": CLI_VERSION_HOST, "request": CLI_VERSION_REQUEST, "hosts_file": str(hosts_file),
+            "source": entry.source if entry else None})  # fmt: skip
+
+
 def enable() -> None:
     """Register CONTINUE-00x and their check (run with the static checks' inputs)."""
     for c in CONTROLS:
@@ -235,6 +271,6 @@ def enable() -> None:
         inputs = getattr(opts, "static_inputs", None)
         if inputs is None or not getattr(opts, "static", True):
             return []
-        return continue_results(inputs.home_dirs(), inputs.unit_directories())
+        return continue_results(inputs.home_dirs(), inputs.unit_directories(), hosts_file=inputs.root / "etc/hosts")
 
     controls.register_check("continue", check)

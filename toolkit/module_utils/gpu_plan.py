@@ -75,8 +75,10 @@ OVERRIDE_KEYS = {
     "runtime",
     "chat_context_target",
     "allow_noncommercial",
+    "rerank",
 }
 EMBED_KEYS = {"backend", "model", "dimensions", "port", "revision"}
+RERANK_KEYS = {"model", "port"}
 CC_RE = re.compile(r"\d{1,2}\.\d{1,2}")
 TP_SIZES = (1, 2, 4, 8)
 
@@ -279,6 +281,9 @@ def _check_overrides(ov: dict) -> None:
     emb = ov.get("embed", {})
     if not isinstance(emb, dict) or set(emb) - EMBED_KEYS:
         raise PlanError(f"overrides.embed takes only: {', '.join(sorted(EMBED_KEYS))}")
+    rr = ov.get("rerank", {})
+    if not isinstance(rr, dict) or set(rr) - RERANK_KEYS:
+        raise PlanError(f"overrides.rerank takes only: {', '.join(sorted(RERANK_KEYS))}")
     util = ov.get("gpu_memory_utilization")
     if util is not None and (isinstance(util, bool) or not isinstance(util, (int, float)) or not 0.1 <= util <= 0.98):
         raise PlanError(f"gpu_memory_utilization must be a number between 0.1 and 0.98, got {util!r}")
@@ -545,6 +550,58 @@ def _embed(table: dict, ov: dict, runtime: str) -> dict:
             env["VLLM_CPU_KVCACHE_SPACE"] = "1"
         out["env"] = env
     return out
+
+
+def _rerank(table: dict, ov: dict, gpus: list[dict], services: dict, reasons: list[str]) -> dict | None:
+    """A cross-encoder for Continue's @Codebase, asked for by overrides.rerank.model, on the GPU with
+    the most room left under limits.gpu_memory_utilization beside the other servers; None (and a
+    reason) where none has room. Continue then reranks (useReranking follows services.rerank)."""
+    key = (ov.get("rerank") or {}).get("model")
+    if not key:
+        return None
+    catalogue = table.get("rerankers") or {}
+    if key not in catalogue:
+        raise PlanError(f"overrides.rerank.model must be one of {', '.join(sorted(catalogue)) or 'none'}, got {key!r}")
+    m, limits = catalogue[key], table["limits"]
+    if not gpus:
+        reasons.append(f"rerank: {key} not served on the CPU runtime (no memory to spare); Continue's @Codebase "
+                       "runs without reranking (useReranking: false)")  # fmt: skip
+        return None
+    need = m["memory_gib"] + limits["cuda_context_gib"]
+    best = None
+    for g in gpus:
+        on = [n for n, s in services.items() if g["index"] in (s.get("gpus") or []) and s.get("gpu_memory_utilization")]
+        taken = sum(services[n]["gpu_memory_utilization"] * g["total_gib"] + limits["cuda_context_gib"] for n in on)
+        room = (
+            min(limits["gpu_memory_utilization"] * g["total_gib"], g["free_gib"] - limits["free_reserve_gib"]) - taken
+        )
+        if best is None or room > best[1]:
+            best = (g, room, on)
+    g, room, on = best
+    if room < need:
+        reasons.append(f"rerank: {key} needs {need:.2f} GiB with its CUDA context; the most any GPU has left beside "
+                       f"the other servers is {room:.2f} GiB (GPU {g['label']}): not served, Continue's @Codebase "
+                       "runs without reranking (useReranking: false)")  # fmt: skip
+        return None
+    util = _fraction_up(m["memory_gib"], g["total_gib"])
+    port = int((ov.get("rerank") or {}).get("port", m["port"]))
+    args = [m["repo"], "--revision", m["revision"], "--runner", "pooling", "--served-model-name", "rerank",
+            "--host", "127.0.0.1", "--port", str(port), "--dtype", m["dtype"], "--max-model-len", str(m["max_context"]),
+            "--max-num-batched-tokens", str(m["max_num_batched_tokens"]), "--gpu-memory-utilization", f"{util:.2f}",
+            "--custom-histogram-buckets", json.dumps(table["histogram_buckets"], separators=(",", ":"))]  # fmt: skip
+    env = dict(TELEMETRY_ENV, **LOOPBACK_ENV, CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=g["visible"])
+    # Started after the servers already on its GPU: vLLM measures the device's free memory at start.
+    after = on
+    reasons.append(f"rerank: {key} ({m['licence']}) on GPU {g['label']}: {need:.2f} GiB of the {room:.2f} GiB left "
+                   f"there; Continue's @Codebase reranks its nRetrieve chunks")  # fmt: skip
+    return {
+        "role": "rerank", "model": m["repo"], "model_key": key, "licence": m["licence"], "revision": m["revision"],
+        "served_model_name": "rerank", "served_model_names": ["rerank"], "port": port, "dtype": m["dtype"],
+        "max_model_len": m["max_context"], "max_num_batched_tokens": m["max_num_batched_tokens"],
+        "gpu_memory_utilization": util, "gpus": [g["index"]], "cuda_visible_devices": g["visible"],
+        "start_after": after[-1] if after else None, "entrypoint": list(ENTRYPOINT["cuda"]), "args": args,
+        "argv": ENTRYPOINT["cuda"] + args, "env": env,
+    }  # fmt: skip
 
 
 def _trusted(role: str, sub: dict, table: dict, runtime: str, port: int, util, served, reasons, gpus=None) -> dict:
@@ -992,6 +1049,9 @@ def make_plan(facts: dict, table: dict, overrides: dict | None = None) -> dict:
     else:
         services, tier = _gpu_plan(facts, gpus, table, ov, reasons)
     services["embed"] = _embed(table, ov, runtime)
+    rerank = _rerank(table, ov, gpus if runtime == "cuda" else [], services, reasons)
+    if rerank:
+        services["rerank"] = rerank
     order = [n for n, s in services.items() if "args" in s and not s.get("start_after")]
     order += [n for n, s in services.items() if "args" in s and s.get("start_after")]
     return {
