@@ -318,11 +318,3 @@ def test_plot_is_self_contained_html_with_one_line_per_level_and_the_slo_marked(
     assert page.count('class="ecdf"') == 12  # six metrics at two levels
     assert page.count('class="slo"') == 4  # embedding latency and the second chat turn have no SLO
     assert "FAIL" in page and "PASS" in page
-
-
-def test_write_atomic_leaves_no_temporary_file(tmp_path):
-    target = tmp_path / "out" / "bench.json"
-    report.write_atomic(target, "{}\n")
-    report.write_atomic(target, '{"a": 1}\n')
-    assert target.read_text() == '{"a": 1}\n'
-    assert [p.name for p in target.parent.iterdir()] == ["bench.json"]

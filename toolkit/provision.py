@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from toolkit import files
 from toolkit.errors import CheckFailed, EnvironmentProblem, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -242,11 +243,7 @@ def redact_artifacts(run_dir: Path, ident: str) -> None:
                 continue
         else:
             data = _redact_env(data)
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh)
-        os.replace(tmp, path)
+        files.write_atomic(path, json.dumps(data), 0o600)
 
 
 def new_run_dir(base: Path = RUNS_DIR) -> Path:

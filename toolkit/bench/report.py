@@ -10,9 +10,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
@@ -398,20 +395,6 @@ def _overall(vs: list[dict[str, Any]]) -> str:
     if slo_mod.FAIL in statuses:
         return slo_mod.FAIL
     return slo_mod.PASS if statuses and all(x == slo_mod.PASS for x in statuses) else slo_mod.INCONCLUSIVE
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, so a reader never sees half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def to_json(doc: dict[str, Any]) -> str:

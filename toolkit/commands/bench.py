@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from toolkit import files
 from toolkit.bench import endpoints as ep_mod
 from toolkit.bench import report, runner, workloads
 from toolkit.errors import CheckFailed, UsageError
@@ -184,8 +185,8 @@ def bench_cmd(
     doc = report.build(result)
     json_path, plot_path = out_dir / "bench.json", out_dir / "latency.html"
     try:
-        report.write_atomic(json_path, report.to_json(doc))
-        report.write_atomic(plot_path, report.plot_html(doc))
+        files.write_atomic(json_path, report.to_json(doc))
+        files.write_atomic(plot_path, report.plot_html(doc))
     except OSError as e:
         raise UsageError(f"cannot write to {out_dir}: {e.strerror}") from None
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import yaml
 
+from toolkit import files
 from toolkit.errors import UsageError
 from toolkit.module_utils.model_verify import (
     Lock,
@@ -73,19 +73,8 @@ def dump_lock(lock: Lock) -> str:
 
 
 def write_lock(path: Path, lock: Lock) -> None:
-    """Write atomically: a temp file beside the target, then os.replace, so a crash leaves the old lock."""
-    text = dump_lock(lock)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write atomically and to disk before the rename, so a crash leaves the old lock or the new one."""
+    files.write_atomic(path, dump_lock(lock), fsync=True)
 
 
 def upsert_model(lock: Lock, model: LockedModel) -> Lock:
