@@ -504,6 +504,24 @@ def test_audit_passes_a_provisioned_workstation_and_names_each_kind_of_continue_
     }
 
 
+def test_audit_reads_the_served_context_as_systemd_does_a_drop_in_exec_start_included(tmp_path):
+    """An admin's drop-in that resets ExecStart= and serves chat at 8192: CONTINUE-002 judges the
+    config against 8192 (what vLLM really serves), not the unit file's 16384."""
+    from toolkit.audit.continue_checks import continue_results
+
+    cfg, glob, settings = _provisioned(plan_for("rtx3060-12gb"))
+    homes, units = _workstation(tmp_path, cfg, glob, settings)
+    assert {r.control: r.status for r in continue_results(homes, units, TIERS)}["CONTINUE-002"] == "pass"
+    dropin = units[0] / "vllm-chat.service.d"
+    dropin.mkdir()
+    (dropin / "50-short.conf").write_text(
+        "[Service]\nExecStart=\nExecStart=/opt/vllm/venv/bin/vllm serve Qwen/Qwen2.5-Coder-7B-Instruct "
+        "--served-model-name chat --port 8000 --max-model-len 8192\n"
+    )
+    c2 = {r.control: r for r in continue_results(homes, units, TIERS)}["CONTINUE-002"]
+    assert c2.status == "fail" and c2.items[0]["served_max_model_len"] == 8192, c2
+
+
 def test_a_served_reranker_becomes_a_rerank_model_and_makes_reranking_consistent():
     tree_free = cc.managed_models(options(plan_for("rtx4090-24gb"), rerank_model="rerank", rerank_port=8002))
     assert tree_free[3] == {

@@ -21,9 +21,8 @@ import yaml
 
 from toolkit.audit import controls
 from toolkit.audit.controls import Control, Result
-from toolkit.audit.model_checks import served_model_arg
 from toolkit.audit.static_checks import _load_doc
-from toolkit.audit.systemd_unit import parse_unit_file, split_words
+from toolkit.audit.vllm_units import vllm_units
 
 # @continuedev/cli 1.5.47 src/version.ts getLatestVersion() fetches
 # https://api.continue.dev/cn/info?id=<sha256 of the machine id> when the module loads (line 65, a
@@ -60,45 +59,13 @@ EDITOR_SETTINGS = (
 EDITOR_VALUES = {"update.mode": "none", "extensions.autoUpdate": False, "extensions.autoCheckUpdates": False}
 
 
-def served_models(unit_dirs: list[Path]) -> dict[int, dict[str, Any]]:
+def served_models(unit_dirs: list[Path], root: Path = Path("/")) -> dict[int, dict[str, Any]]:
     """port -> {model, names, max_model_len} of every vLLM unit (its ExecStart arguments)."""
-    out: dict[int, dict[str, Any]] = {}
-    for d in unit_dirs:
-        if not d.is_dir():
-            continue
-        for unit in sorted(d.glob("*.service")):
-            # Read as systemd reads it (systemd_unit: quoting, escapes, continued lines); a line it
-            # cannot split is not a unit this check understands.
-            assignments, _ = parse_unit_file(unit.read_text(errors="replace"), unit.name)
-            for a in assignments:
-                if a.section != "Service" or a.key != "ExecStart" or not a.value.strip():
-                    continue
-                argv, problem = split_words(a.value.strip().lstrip("-@:+!"), relax=True)
-                if problem or not argv:
-                    continue
-                line = a.value
-                if "vllm.entrypoints.openai.api_server" not in line and "vllm" not in Path(argv[0]).name:
-                    continue
-                out.update(_vllm_args(argv))
-    return out
-
-
-def _vllm_args(argv: list[str]) -> dict[int, dict[str, Any]]:
-    def value(flag: str) -> str | None:
-        return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
-
-    names: list[str] = []
-    if "--served-model-name" in argv:
-        for a in argv[argv.index("--served-model-name") + 1 :]:
-            if a.startswith("--"):
-                break
-            names.append(a)
-    port = value("--port")
-    if not port or not port.isdigit():
-        return {}
-    mml = value("--max-model-len")
-    return {int(port): {"model": served_model_arg(argv), "names": names,
-                        "max_model_len": int(mml) if mml and mml.isdigit() else None}}  # fmt: skip
+    return {
+        u.port: {"model": u.model, "names": u.served_names, "max_model_len": u.max_model_len}
+        for u in vllm_units(unit_dirs, root)
+        if u.port is not None
+    }
 
 
 def family_of(model: str | None, catalogue: dict[str, Any]) -> str | None:
@@ -116,11 +83,15 @@ def _port(api_base: str) -> int | None:
 
 
 def continue_results(
-    homes: list[Path], unit_dirs: list[Path], catalogue: dict[str, Any] | None = None, hosts_file: Path | None = None
+    homes: list[Path],
+    unit_dirs: list[Path],
+    catalogue: dict[str, Any] | None = None,
+    hosts_file: Path | None = None,
+    root: Path = Path("/"),
 ) -> list[Result]:
     """The CONTINUE-00x results; ``hosts_file`` None leaves CONTINUE-007 unjudged (skip)."""
     catalogue = catalogue or yaml.safe_load(resources.files("toolkit").joinpath("data/tiers.yaml").read_text())
-    served = served_models(unit_dirs)
+    served = served_models(unit_dirs, root)
     items: dict[str, list[dict[str, Any]]] = {c.id: [] for c in CONTROLS}
     unsure: dict[str, list[str]] = {c.id: [] for c in CONTROLS}
     seen = {c.id: 0 for c in CONTROLS}
@@ -271,6 +242,8 @@ def enable() -> None:
         inputs = getattr(opts, "static_inputs", None)
         if inputs is None or not getattr(opts, "static", True):
             return []
-        return continue_results(inputs.home_dirs(), inputs.unit_directories(), hosts_file=inputs.root / "etc/hosts")
+        return continue_results(
+            inputs.home_dirs(), inputs.unit_directories(), hosts_file=inputs.root / "etc/hosts", root=inputs.root
+        )
 
     controls.register_check("continue", check)

@@ -16,8 +16,8 @@ from typing import Any
 
 from toolkit.audit import controls
 from toolkit.audit.controls import Control, Result
-from toolkit.audit.static_checks import StaticInputs, _in_root
-from toolkit.audit.systemd_unit import service_environment, split_words
+from toolkit.audit.static_checks import StaticInputs
+from toolkit.audit.vllm_units import vllm_units
 from toolkit.module_utils.model_verify import REPO_PATTERN
 
 STATE_DIR = "/var/lib/toolkit/model-store"  # model_store_state_dir's default
@@ -43,52 +43,18 @@ MODEL_CONTROLS = (
 )
 
 
-def served_model_arg(argv: list[str]) -> str | None:
-    """The model a vLLM command line serves: `--model X`, or `vllm serve X` (positional)."""
-    model = _arg(argv, "--model")
-    if model is None and "serve" in argv[:3]:
-        i = argv.index("serve") + 1
-        if i < len(argv) and not argv[i].startswith("-"):
-            model = argv[i]
-    return model
-
-
-def _arg(argv: list[str], name: str) -> str | None:
-    for i, a in enumerate(argv):
-        if a == name and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-    return None
-
-
 def _under(root: Path, path: str) -> Path:
     return root / path.lstrip("/")
 
 
 def served_models(inputs: StaticInputs) -> list[dict[str, Any]]:
-    """One record per vLLM unit: unit, model, revision (or None), HF_HOME."""
-    out = []
-    for d in inputs.unit_directories():
-        for unit in sorted(d.glob("vllm-*.service")) if d.is_dir() else []:
-            # The unit as systemd reads it: drop-ins, Environment= resets, EnvironmentFile= precedence.
-            read, glob = _in_root(inputs.root)
-            se = service_environment(unit.name, inputs.unit_directories(), read, glob, inputs.root)
-            env = se.environment
-            for line in se.exec_start:
-                argv, _ = split_words(line.strip().lstrip("@-:+!"), relax=True)
-                model = served_model_arg(argv)
-                if model is None:
-                    continue
-                out.append(
-                    {
-                        "unit": unit.name,
-                        "model": model,
-                        "revision": _arg(argv, "--revision"),
-                        "hf_home": env.get("HF_HOME", DEFAULT_HF_HOME),
-                    }
-                )
-    return out
+    """One record per vLLM command that names its model: unit, model, revision (or None), HF_HOME."""
+    return [
+        {"unit": u.unit, "model": u.model, "revision": u.arg("--revision"),
+         "hf_home": u.environment.get("HF_HOME", DEFAULT_HF_HOME)}
+        for u in vllm_units(inputs.unit_directories(), inputs.root)
+        if u.model is not None
+    ]  # fmt: skip
 
 
 def _marker_status(root: Path, repo: str, revision: str) -> str:
