@@ -547,6 +547,9 @@ def test_a_reranker_is_planned_only_on_a_gpu_with_room_and_then_continue_reranks
     assert svc["args"][:5] == ["BAAI/bge-reranker-base", "--revision", facts["revision"], "--runner", "pooling"]
     assert svc["max_model_len"] == 512 and svc["gpu_memory_utilization"] * 80 >= facts["memory_gib"]
     assert plan["start_order"][-1] == "rerank"
+    # GPU 2 serves the reranker now: only GPU 3 is left idle, and the plan says so.
+    idle = [r for r in plan["reasons"] if " unused: " in r]
+    assert [r.split(" unused")[0] for r in idle] == ["GPU(s) 3"], plan["reasons"]
     view = cc.client_view(plan, TIERS, "hermes")
     models = cc.managed_models(options(plan, rerank_model=svc["served_model_name"], rerank_port=svc["port"]))
     assert models[3] == {"name": "Local rerank (rerank)", "provider": "vllm", "model": "rerank",

@@ -592,6 +592,13 @@ def _rerank(table: dict, ov: dict, gpus: list[dict], services: dict, reasons: li
     env = dict(TELEMETRY_ENV, **LOOPBACK_ENV, CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=g["visible"])
     # Started after the servers already on its GPU: vLLM measures the device's free memory at start.
     after = on
+    # A GPU the plan called unused is not any more.
+    used = {i for s in services.values() if "args" in s for i in s.get("gpus") or []}
+    idle = [x["label"] for x in gpus if x["index"] not in used]
+    if _idle_reason(idle) in reasons:
+        rest = [label for label in idle if label != g["label"]]
+        at = reasons.index(_idle_reason(idle))
+        reasons[at : at + 1] = [_idle_reason(rest)] if rest else []
     reasons.append(f"rerank: {key} ({m['licence']}) on GPU {g['label']}: {need:.2f} GiB of the {room:.2f} GiB left "
                    f"there; Continue's @Codebase reranks its nRetrieve chunks")  # fmt: skip
     return {
@@ -971,15 +978,19 @@ def _gpu_plan(facts: dict, gpus: list[dict], table: dict, ov: dict, reasons: lis
     )
     idle = [g["label"] for g in gpus if g["pos"] not in used]
     if idle:
-        reasons.append(
-            f"GPU(s) {', '.join(idle)} unused: the chosen models fit on fewer, and tensor parallelism over more "
-            f"would not allow a better model or a longer context"
-        )
+        reasons.append(_idle_reason(idle))
     _start_margins(services, gpus, limits, reasons)
     for s in services.values():
         _clean(s.get("estimate"))
         s.pop("_gpu_pos", None)
     return services, tier["name"]
+
+
+def _idle_reason(labels: list[str]) -> str:
+    return (
+        f"GPU(s) {', '.join(labels)} unused: the chosen models fit on fewer, and tensor parallelism over more "
+        f"would not allow a better model or a longer context"
+    )
 
 
 def repo_of(model: dict, qkey: str) -> str:
