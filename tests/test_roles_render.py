@@ -124,6 +124,72 @@ def test_second_server_on_a_shared_gpu_is_ordered_after_the_first(tmp_path):
     assert "Environment='CUDA_DEVICE_ORDER=PCI_BUS_ID'" in units["vllm-chat"]
 
 
+def test_units_become_active_only_when_their_health_answers_so_after_waits_for_a_serving_server(tmp_path):
+    """After= orders on the first unit's start job, which ends when ExecStartPost does: the unit
+    waits for its own /health, inside TimeoutStartSec, so the second server starts on a serving one."""
+    facts = json.loads((REPO / "tests/data/gpus/rtx4090-24gb.json").read_text())
+    plan = make_plan(facts, TIERS, {})
+    units = render_vllm_units(tmp_path, plan, vllm_health_timeout_s=600)
+    for name, port in (
+        ("chat", plan["services"]["chat"]["port"]),
+        ("autocomplete", plan["services"]["autocomplete"]["port"]),
+    ):
+        lines = units[f"vllm-{name}"].splitlines()
+        assert f"ExecStartPost=/opt/vllm/venv/bin/python /usr/local/libexec/vllm-wait-health {port} 600" in lines, name
+        assert "TimeoutStartSec=660" in lines and "Type=exec" in lines, name
+    getent = {"getent_passwd": {"vllm": ["x", "991", "992", "", "/var/lib/vllm", "/usr/sbin/nologin"]}}
+    (tmp_path / "c").mkdir()
+    container = render_vllm_units(
+        tmp_path / "c", plan, vllm_install_method="container", ansible_facts={"os_family": "Debian", **getent}
+    )
+    assert (
+        "ExecStartPost=/usr/bin/python3 /usr/local/libexec/vllm-wait-health 8000 900"
+        in container["vllm-chat"].splitlines()
+    )
+
+
+class _Health:
+    """A loopback HTTP server whose /health answers `status` (vLLM answers 200 once it serves)."""
+
+    def __init__(self, status: int) -> None:
+        import http.server
+        import threading
+
+        code = status
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                self.send_response(code if self.path == "/health" else 404)
+                self.end_headers()
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        self.srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.port = self.srv.server_address[1]
+        threading.Thread(target=self.srv.serve_forever, daemon=True).start()
+
+
+def _wait_health(*args: str) -> subprocess.CompletedProcess:
+    script = REPO / "roles/vllm/files/vllm-wait-health"
+    return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=30)
+
+
+def test_health_wait_exits_0_on_200_and_1_at_its_deadline_and_2_on_bad_arguments():
+    ok = _Health(200)
+    assert _wait_health(str(ok.port), "5").returncode == 0
+    ok.srv.shutdown()
+    loading = _Health(503)
+    r = _wait_health(str(loading.port), "2")
+    assert (r.returncode, r.stderr.strip()) == (
+        1,
+        f"http://127.0.0.1:{loading.port}/health did not answer 200 within 2 s",
+    )
+    loading.srv.shutdown()
+    for bad in (["8000"], ["0", "5"], ["70000", "5"], ["8000", "-1"], ["８０００", "5"]):
+        assert _wait_health(*bad).returncode == 2, bad
+
+
 def test_autocomplete_on_its_own_gpu_gets_cuda_visible_devices(tmp_path):
     facts = json.loads((REPO / "tests/data/gpus/rtx4090-24gb.json").read_text())
     plan = make_plan(facts, TIERS, {})
