@@ -39,7 +39,9 @@ HEALTH = "http://127.0.0.1:8000/health"
 # Sends one UDP datagram beyond loopback, then serves its result (and its uid and the key it was
 # given) as /health on 127.0.0.1:8000, the port the plan gives the chat server.
 _SERVE = (
-    "import http.server, os, socket\n"
+    "import http.server, os, signal, socket\n"
+    # pid 1 of its namespace: without a handler SIGTERM (podman stop, the unit's stop) is ignored.
+    "signal.signal(signal.SIGTERM, lambda *a: os._exit(0))\n"
     "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
     "try:\n s.sendto(b'x', ('%s', 9)); res = 'sent'\n"
     "except OSError as e:\n res = e.strerror\n"
@@ -224,17 +226,21 @@ def test_container_mode_runs_rootless_as_the_vllm_uid_serves_on_loopback_and_the
             (counter,) = [it["counter"] for it in counters["nftables"] if "counter" in it]
             assert counter["packets"] == 1, counter
         finally:
+            subprocess.run(
+                rl.argv(pair.ws, ["podman", "rm", "-f", "-t", "0", "vllm-chat", "vllm-probe"], {}),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if server is not None:
-                server.terminate()
                 try:
                     server.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     server.kill()
-            subprocess.run(
-                rl.argv(pair.ws, ["podman", "rm", "-f", "-t", "0", "vllm-chat", "vllm-probe"], {}),
-                capture_output=True,
-                timeout=120,
-            )
+            # Whatever podman left (conmon, the server) runs as the throwaway uid this test made.
+            left = subprocess.run(["ps", "-o", "pid=", "-u", str(uids[vllm_user])], capture_output=True, text=True)
+            for pid in left.stdout.split():
+                subprocess.run(["kill", "-9", pid], check=False)
             rl.stop_pause()
             time.sleep(0.5)
             shutil.rmtree(base, ignore_errors=True)
