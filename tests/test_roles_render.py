@@ -215,6 +215,8 @@ def test_container_method_unit_runs_rootless_podman_as_vllm_with_the_key_from_it
         assert want in chat, want
     # The key file is root 0600: systemd reads it; podman (as vllm) only passes the variable on.
     assert "EnvironmentFile=/etc/vllm/api-key.env" in chat and "--env-file" not in line
+    # Inside the container the store is mounted at /hf: HF_HOME is passed once, with that value.
+    assert line.count("HF_HOME") == 1 and " -e HF_HOME=/hf -v /var/lib/toolkit/hf:/hf:ro " in line, line
 
 
 def test_vllm_role_refuses_docker_for_the_container_method(tmp_path):
