@@ -60,7 +60,7 @@ def run_module(args: dict, check: bool = False) -> tuple[int, dict]:
         "-e",
         f"ansible_python_interpreter={sys.executable}",
         "-m",
-        "model_verify",
+        "pca.toolkit.model_verify",
         "-a",
         json.dumps(args),
     ] + (["--check"] if check else [])
