@@ -64,7 +64,8 @@ def installed(tmp_path_factory) -> dict:
     assert r.returncode == 0, r.stdout + r.stderr
     (tarball,) = build.glob("pca-toolkit-*.tar.gz")
     r = run([str(BIN / "ansible-galaxy"), "collection", "install", "-p", str(inst), str(tarball)], outside, env)
-    assert r.returncode == 0 and "pca.toolkit:0.1.0 was installed successfully" in r.stdout, r.stdout + r.stderr
+    version = yaml.safe_load((REPO / "galaxy.yml").read_text())["version"]
+    assert r.returncode == 0 and f"pca.toolkit:{version} was installed successfully" in r.stdout, r.stdout + r.stderr
     inventory = outside / "hosts.yml"
     inventory.write_text(
         yaml.safe_dump(
