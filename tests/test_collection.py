@@ -8,9 +8,11 @@ module_utils shipped by Ansible from the installed copy; the data_file lookup fi
 phone_home.yaml inside the installed collection; `ansible-playbook pca.toolkit.plan` on localhost
 planning a recorded GPU inventory to exactly the plan `toolkit plan` prints; `pca.toolkit.site`
 resolving its sibling import and every role; the installed vllm role's validation and unit template
-(the collection's filters) rendering the same unit as the checkout's role.
-Not exercised here: a role converging a real host from the installed collection (the molecule
-scenarios converge the same roles from the checkout), and AWX / an execution environment.
+(the collection's filters) rendering the same unit as the checkout's role; the installed egress_guard
+role converging this machine inside a network namespace (root) and blocking a service user.
+Not exercised here: the other roles converging a host from the installed copy (the molecule
+scenarios converge them from the checkout, by the same FQCNs), systemd-only steps, and AWX / an
+execution environment.
 """
 
 from __future__ import annotations
@@ -240,3 +242,49 @@ def test_installed_data_file_lookup_finds_the_installed_copy_and_refuses_paths(i
     assert (
         r.returncode != 0 and "pca.toolkit.data_file: a bare file name is expected, got '../galaxy.yml'" in res["msg"]
     )
+
+
+@pytest.mark.root
+@pytest.mark.slow
+def test_installed_egress_guard_role_guards_a_workstation_namespace(installed, tmp_path):
+    """The installed role converges a real host (this machine inside a network namespace the test
+    creates, as tests/test_egress_role.py does from the checkout): its filters, its
+    egress_guard_verify module and the phone-home list through the data_file lookup all come from
+    the installed copy. systemd-only steps are skipped here (no systemd as PID 1)."""
+    from conftest import require_binary, require_root
+    from egress_support import PEER_ADDR, SERVICE_USERS, attempt, delete_pair, make_pair, nsx, throwaway_users
+
+    require_root()
+    require_binary("nft")
+    play = tmp_path / "play.yml"
+    guard = {"name": "Guard", "hosts": "localhost", "connection": "local", "gather_facts": True}
+    play.write_text(yaml.safe_dump([{**guard, "roles": [{"role": "pca.toolkit.egress_guard"}]}]))
+
+    def converge(ns: str, **extra: object) -> subprocess.CompletedProcess:
+        variables = {
+            "egress_guard_users": list(SERVICE_USERS),
+            "egress_guard_config_dir": str(tmp_path / "etc"),
+            "egress_guard_state_dir": str(tmp_path / "state"),
+            "egress_guard_sinkhole_hosts_file": str(tmp_path / "hosts"),
+            "ansible_python_interpreter": sys.executable,
+            **extra,
+        }
+        (tmp_path / "vars.json").write_text(json.dumps(variables))
+        env = dict(installed["env"], PATH=f"{BIN}:/usr/sbin:/usr/bin:/sbin:/bin", HOME=str(tmp_path))
+        argv = ["ip", "netns", "exec", ns, str(BIN / "ansible-playbook"), "-i", "localhost,",
+                "-e", f"@{tmp_path / 'vars.json'}", str(play)]  # fmt: skip
+        return run(argv, installed["cwd"], env, timeout=240)
+
+    with throwaway_users(SERVICE_USERS):
+        pair = make_pair()
+        try:
+            r = converge(pair.ws)
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+            assert "pca.toolkit.egress_guard : " in r.stdout
+            assert attempt(pair.ws, "egress-t-vllm", "udp", PEER_ADDR, 9) == "EPERM"
+            assert "0.0.0.0 stats.vllm.ai" in (tmp_path / "hosts").read_text()
+            r = converge(pair.ws, egress_guard_state="absent")
+            assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+            assert nsx(pair.ws, "nft", "list", "tables").stdout.strip() == ""
+        finally:
+            delete_pair(pair)
