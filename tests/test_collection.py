@@ -288,3 +288,19 @@ def test_installed_egress_guard_role_guards_a_workstation_namespace(installed, t
             assert nsx(pair.ws, "nft", "list", "tables").stdout.strip() == ""
         finally:
             delete_pair(pair)
+
+
+def test_checkout_resolves_its_own_fqcns_through_ansible_cfg_alone(tmp_path):
+    """No install, no ANSIBLE_COLLECTIONS_PATH: the project's ansible.cfg puts collections/ (a link
+    back to the root) on the path, so the lookup answers with the checkout's own file."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_") and k != "PYTHONPATH"}
+    env.update(ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_LOAD_CALLBACK_PLUGINS="1",
+               ANSIBLE_STDOUT_CALLBACK="json", ANSIBLE_HOME=str(tmp_path / "ansible-home"))  # fmt: skip
+    r = run(
+        [str(BIN / "ansible"), "localhost", "-c", "local", "-i", "localhost,", "-m", "ansible.builtin.debug",
+         "-a", "msg={{ lookup('pca.toolkit.data_file', 'tiers.yaml') }}"],
+        tmp_path, env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    msg = json.loads(r.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+    assert os.path.realpath(msg) == str((REPO / "toolkit" / "data" / "tiers.yaml").resolve())
