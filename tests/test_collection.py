@@ -252,7 +252,10 @@ def test_installed_egress_guard_role_guards_a_workstation_namespace(installed, t
     egress_guard_verify module and the phone-home list through the data_file lookup all come from
     the installed copy. systemd-only steps are skipped here (no systemd as PID 1)."""
     from conftest import require_binary, require_root
-    from egress_support import PEER_ADDR, SERVICE_USERS, attempt, delete_pair, make_pair, nsx, throwaway_users
+    from egress_support import PEER_ADDR, attempt, delete_pair, make_pair, nsx, throwaway_users
+
+    # Names of its own: tests/test_egress_role.py creates and removes egress-t-* around its runs.
+    service_users = ("coll-t-vllm", "coll-t-ollama")
 
     require_root()
     require_binary("nft")
@@ -262,7 +265,7 @@ def test_installed_egress_guard_role_guards_a_workstation_namespace(installed, t
 
     def converge(ns: str, **extra: object) -> subprocess.CompletedProcess:
         variables = {
-            "egress_guard_users": list(SERVICE_USERS),
+            "egress_guard_users": list(service_users),
             "egress_guard_config_dir": str(tmp_path / "etc"),
             "egress_guard_state_dir": str(tmp_path / "state"),
             "egress_guard_sinkhole_hosts_file": str(tmp_path / "hosts"),
@@ -275,13 +278,13 @@ def test_installed_egress_guard_role_guards_a_workstation_namespace(installed, t
                 "-e", f"@{tmp_path / 'vars.json'}", str(play)]  # fmt: skip
         return run(argv, installed["cwd"], env, timeout=240)
 
-    with throwaway_users(SERVICE_USERS):
+    with throwaway_users(service_users):
         pair = make_pair()
         try:
             r = converge(pair.ws)
             assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
             assert "pca.toolkit.egress_guard : " in r.stdout
-            assert attempt(pair.ws, "egress-t-vllm", "udp", PEER_ADDR, 9) == "EPERM"
+            assert attempt(pair.ws, "coll-t-vllm", "udp", PEER_ADDR, 9) == "EPERM"
             assert "0.0.0.0 stats.vllm.ai" in (tmp_path / "hosts").read_text()
             r = converge(pair.ws, egress_guard_state="absent")
             assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
