@@ -14,6 +14,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("TOOLKIT_CACHE", "/var/cache/toolkit"))
+# The checkout is the collection pca.toolkit (collections/ansible_collections/pca/toolkit links to
+# it): every Ansible run a test starts, with or without the project's ansible.cfg, resolves the
+# roles' FQCN modules, filters and lookups from here unless the test names another path
+# (tests/test_collection.py runs an installed copy instead).
+os.environ.setdefault(
+    "ANSIBLE_COLLECTIONS_PATH", os.pathsep.join([str(REPO / "collections"), "~/.ansible/collections"])
+)
 
 
 def require(condition: bool, reason: str) -> None:

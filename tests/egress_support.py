@@ -34,10 +34,10 @@ SYSTEM_PYTHON = "/usr/bin/python3"
 
 
 def _safe_values() -> Any:
-    """The safe_values role's filter plugin, the code the role validates with."""
+    """The collection's safe_values filter plugin, the code the roles validate with."""
     import importlib.util
 
-    path = REPO / "roles" / "safe_values" / "filter_plugins" / "safe_values.py"
+    path = REPO / "plugins" / "filter" / "safe_values.py"
     spec = importlib.util.spec_from_file_location("safe_values", path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

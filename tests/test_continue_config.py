@@ -1,6 +1,6 @@
 """The continue role writes what Continue's own code paths need, checked against Continue itself:
 
-- the role's filters (roles/continue/filter_plugins/continue_config.py) on plans of several GPU
+- the role's filters (plugins/filter/continue_config.py) on plans of several GPU
   tiers and families: FIM template and stops, context lengths, tools, embed options, rerank;
 - the strict key check against the key tree of the installed @continuedev/config-yaml (node walks
   its zod schemas), and globalContext keys against the installed Continue CLI bundle;
@@ -42,7 +42,7 @@ COMMON_STOPS = ["/src/", "#- coding: utf-8", "```"]
 
 def _filters():
     spec = importlib.util.spec_from_file_location(
-        "continue_config", REPO / "roles/continue/filter_plugins/continue_config.py"
+        "continue_config", REPO / "plugins/filter/continue_config.py"
     )
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)

@@ -295,7 +295,7 @@ def run_module(args: dict) -> tuple[int, dict]:
             "-e",
             f"ansible_python_interpreter={sys.executable}",
             "-m",
-            "gpu_facts",
+            "pca.toolkit.gpu_facts",
             "-a",
             json.dumps(args),
         ],

@@ -197,7 +197,8 @@ def test_malformed_phone_home_file_is_one_usage_error(tmp_path: Path) -> None:
 
 
 def _units_module():
-    spec = importlib.util.spec_from_file_location("egress_guard_units", ROLE / "library" / "egress_guard_units.py")
+    path = REPO / "plugins" / "modules" / "egress_guard_units.py"
+    spec = importlib.util.spec_from_file_location("egress_guard_units", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)  # type: ignore[union-attr]
     return mod

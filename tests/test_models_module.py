@@ -1,6 +1,7 @@
-"""The model_verify Ansible module run by real ansible on this machine (no container): marker,
-idempotence, check mode, quarantine. Proves the module_utils file ships and imports as
-ansible.module_utils.model_verify. The container path is covered by tests/test_models_role.py.
+"""The pca.toolkit.model_verify Ansible module run by real ansible on this machine (no container):
+marker, idempotence, check mode, quarantine. Proves the module_utils file ships and imports as
+ansible_collections.pca.toolkit.plugins.module_utils.model_verify. The container path is covered
+by tests/test_models_role.py.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def run_module(args: dict, check: bool = False) -> tuple[int, dict]:
         "-e",
         f"ansible_python_interpreter={sys.executable}",
         "-m",
-        "model_verify",
+        "pca.toolkit.model_verify",
         "-a",
         json.dumps(args),
     ] + (["--check"] if check else [])

@@ -414,7 +414,7 @@ def test_nvidia_driver_selects_the_packages_of_each_os_family(tmp_path, facts, e
 
 
 def test_site_playbook_passes_syntax_check():
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO / "roles"), ANSIBLE_LIBRARY=str(REPO / "library"))
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO / "roles"))
     r = subprocess.run(
         [PLAYBOOK_BIN, "--syntax-check", "-i", str(REPO / "inventories/local"), str(REPO / "playbooks/site.yml")],
         capture_output=True,
@@ -444,7 +444,7 @@ def _filters():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location(
-        "safe_values", REPO / "roles/safe_values/filter_plugins/safe_values.py"
+        "safe_values", REPO / "plugins/filter/safe_values.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

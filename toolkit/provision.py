@@ -194,13 +194,15 @@ def check_inventory(inventory: Path, limit: str | None) -> list[str]:
 
 
 def ansible_env() -> dict[str, str]:
-    """What every Ansible run of the toolkit needs: its config, roles, modules and module_utils."""
+    """What every Ansible run of the toolkit needs: its config, roles and the pca.toolkit collection
+    (modules, module_utils, filters, lookups), which is the checkout itself (collections/ links back)."""
     venv_bin = str(Path(sys.executable).parent)
     return {
         "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
         "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
-        "ANSIBLE_LIBRARY": str(REPO / "library"),
-        "ANSIBLE_MODULE_UTILS": str(REPO / "toolkit" / "module_utils"),
+        "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(
+            [str(REPO / "collections"), "~/.ansible/collections", "/usr/share/ansible/collections"]
+        ),
         "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",

@@ -1,7 +1,8 @@
 """GPU detection: NVML first, then `nvidia-smi`, then sysfs. Shared by the CLI and the gpu_facts module.
 
 Standard library only and no imports from the toolkit package: Ansible ships this file to managed
-hosts as ``ansible.module_utils.gpu_detect``. The result is a plain dict (JSON-ready):
+hosts as ``ansible_collections.pca.toolkit.plugins.module_utils.gpu_detect``. The result is a plain
+dict (JSON-ready):
 
     {"status": "ok" | "no-gpu" | "driver-needed" | "error",
      "source": "nvml" | "nvidia-smi" | "sysfs" | "none",

@@ -30,7 +30,7 @@ author: private-coding-assistant-toolkit
 import json
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.egress_intent import intent_problems
+from ansible_collections.pca.toolkit.plugins.module_utils.egress_intent import intent_problems
 
 
 def main() -> None:

@@ -27,8 +27,8 @@ author: toolkit maintainers
 
 EXAMPLES = r"""
 - name: Detect GPUs and plan this host's services
-  gpu_facts:
-    tiers: "{{ lookup('file', playbook_dir + '/../toolkit/data/tiers.yaml') | from_yaml }}"
+  pca.toolkit.gpu_facts:
+    tiers: "{{ lookup('ansible.builtin.file', lookup('pca.toolkit.data_file', 'tiers.yaml')) | from_yaml }}"
     overrides: "{{ toolkit_plan_overrides | default({}) }}"
 """
 
@@ -40,8 +40,8 @@ ansible_facts:
 """
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.gpu_detect import detect  # noqa: E402
-from ansible.module_utils.gpu_plan import PlanError, UnsupportedGPU, make_plan  # noqa: E402
+from ansible_collections.pca.toolkit.plugins.module_utils.gpu_detect import detect  # noqa: E402
+from ansible_collections.pca.toolkit.plugins.module_utils.gpu_plan import PlanError, UnsupportedGPU, make_plan  # noqa: E402
 
 
 def main() -> None:

@@ -1,8 +1,9 @@
 """Planning: which models, quantization and vLLM settings a host's GPUs can really carry.
 
 Pure functions (detection facts + tier table + overrides in, plan dict out), standard library only:
-Ansible ships this file to managed hosts as ``ansible.module_utils.gpu_plan``, and the CLI imports it
-as ``toolkit.module_utils.gpu_plan``. The tier table is toolkit/data/tiers.yaml, passed in parsed.
+Ansible ships this file to managed hosts as ``ansible_collections.pca.toolkit.plugins.module_utils.gpu_plan``,
+and the CLI imports the same file as ``toolkit.module_utils.gpu_plan``. The tier table is
+toolkit/data/tiers.yaml, passed in parsed.
 
 The memory model follows vLLM's own start-up accounting (vllm 0.32, read from its source):
 

@@ -1,9 +1,10 @@
 """Model lock parsing and offline verification of model files. Shared by the CLI and the model_verify module.
 
 Standard library only at import time and no imports from the toolkit package: Ansible ships this file
-to managed hosts as ``ansible.module_utils.model_verify``, so the controller and every host check
-weights with the same code. Only ``read_lock`` needs PyYAML, imported when it is called (the
-controller always has it; hosts get the lock already parsed and validated by the controller).
+to managed hosts as ``ansible_collections.pca.toolkit.plugins.module_utils.model_verify``, so the
+controller and every host check weights with the same code. Only ``read_lock`` needs PyYAML,
+imported when it is called (the controller always has it; hosts get the lock already parsed and
+validated by the controller).
 
 The lock (``models.lock.yaml``):
 

@@ -63,7 +63,7 @@ author: toolkit maintainers
 
 EXAMPLES = r"""
 - name: Validate the lock on the controller before any file task
-  model_verify:
+  pca.toolkit.model_verify:
     mode: validate
     lock_file: "{{ inventory_dir }}/models.lock.yaml"
     mirror_dir: /srv/models
@@ -71,7 +71,7 @@ EXAMPLES = r"""
   register: checked
 
 - name: Verify the models on this host before any server starts
-  model_verify:
+  pca.toolkit.model_verify:
     lock: "{{ checked.lock }}"
     cache_dir: /var/lib/toolkit/hf/hub
     marker_dir: /var/lib/toolkit/model-store/verified
@@ -109,7 +109,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible.module_utils.model_verify import (  # noqa: E402
+from ansible_collections.pca.toolkit.plugins.module_utils.model_verify import (  # noqa: E402
     LockError,
     Refused,
     blobs_dir,
