@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.audit.systemd_unit import read_in_root, service_environment, split_words
+from toolkit.audit.static_checks import _in_root
+from toolkit.audit.systemd_unit import service_environment, split_words
 
 API_SERVER = "vllm.entrypoints.openai.api_server"
 
@@ -79,13 +80,7 @@ def is_vllm_command(unit: str, argv: list[str]) -> bool:
 
 def vllm_units(unit_dirs: list[Path], root: Path = Path("/")) -> list[VllmUnit]:
     """Every ExecStart= that runs vLLM, in unit-name order, with the unit's environment."""
-
-    def read(path: str) -> str:
-        return read_in_root(root, root / path.lstrip("/"))
-
-    def glob(pattern: str) -> list[str]:
-        return sorted("/" + str(p.relative_to(root)) for p in root.glob(pattern.lstrip("/")))
-
+    read, glob = _in_root(root)
     names = sorted({u.name for d in unit_dirs if d.is_dir() for u in d.glob("*.service")})
     out = []
     for name in names:
