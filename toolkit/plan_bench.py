@@ -117,7 +117,8 @@ def render_calibration(rows: list[dict]) -> str:
         if "weights_gib" not in r["predicted"] and "kv_available_gib" in r["predicted"]:
             setup.append("weights: the log's own (quantization not modelled)")
         if "total_gib" not in log and "kv_available_gib" in log["logged"]:
-            setup.append("GPU total and weights not logged: KV tokens from the logged KV memory")
+            # A row may say why its KV memory is not predicted (the default: the log lacks the inputs).
+            setup.append(log.get("kv_note", "GPU total and weights not logged: KV tokens from the logged KV memory"))
         for i, t in enumerate(r["terms"]):
             head = (
                 f"| [{log['id']}]({log['source']}) | {log['vllm']} | {log['gpu']} | {', '.join(setup)} "
