@@ -3,13 +3,19 @@
 Real: a systemd podman container provisioned by `toolkit provision` (ansible-runner, site.yml)
 with vLLM's CPU build installed from the pinned wheelhouse, serving a tiny generator and MiniLM
 embeddings; Continue's config validated by Continue's schema; `toolkit bench` and `toolkit audit`
-run inside the container's network namespace. Not exercised: a GPU, Ollama (the CPU tier here
-serves embeddings with vLLM), an editor.
+run inside the container's network namespace; then molecule/stack's verify playbook (hardened
+units, loopback-only listeners, real completions and embeddings, Continue's files, the Continue
+CLI answering through the provisioned config) against the same workstation. That converge is the
+stack scenario's: CI installs and starts the real vLLM once, here, instead of twice. Not
+exercised: a GPU, Ollama (the CPU tier here serves embeddings with vLLM), an editor, and the
+stack scenario's merge into files the developer already had (the continue role's scenario
+covers that).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -20,6 +26,18 @@ from conftest import CACHE, REPO, require, require_binary, require_root
 from fleet import image_available
 
 TOOLKIT = [sys.executable, "-m", "toolkit"]
+
+
+VERIFY = REPO / "molecule" / "stack" / "verify.yml"
+INVENTORY = REPO / "inventories" / "sandbox" / "hosts.yml"
+
+
+def stack_verify() -> subprocess.CompletedProcess:
+    """molecule/stack's verify, run on the sandbox workstation (its developer had no files of their own)."""
+    env = dict(os.environ, ANSIBLE_CONFIG=str(REPO / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    argv = ["ansible-playbook", "-i", str(INVENTORY), str(VERIFY), "-e", "stack_developer_had_files=false"]
+    return subprocess.run(argv, capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
 
 
 def sandbox(*args: str, timeout: int) -> tuple[subprocess.CompletedProcess, Path]:
@@ -70,6 +88,10 @@ def test_sandbox_up_converges_benches_audits_then_reconverges_with_no_change():
         assert r.returncode == (1 if missed else 0), r.stderr[-3000:]
         if missed:
             print(f"SLOs missed under this machine's load: {missed}")
+
+        # The stack scenario's verify, on this converge.
+        v = stack_verify()
+        assert v.returncode == 0 and "failed=0" in v.stdout, v.stdout[-6000:] + v.stderr[-2000:]
 
         # The same command again on the running sandbox: an idempotent converge and a fresh audit.
         r2, run_dir2 = sandbox("up", "--skip-bench", "--audit-seconds", "10", timeout=1200)
