@@ -176,6 +176,7 @@ def render_spec(role: Path, schema: dict) -> str:
         if name in defaults:
             new = ["        " + line if line else line for line in _defaults_text(dlines, name)]
         if body_keys["default"] is not None:
+            # replaced by the defaults' value, or dropped when defaults/main.yml no longer sets it
             d_end = _value_end(lines, body_keys["default"])
             lines[body_keys["default"] : d_end] = new or []
         elif new:
