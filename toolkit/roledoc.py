@@ -68,6 +68,29 @@ FIELD_DOC = {
 }
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML as Ansible reads it, as far as these files go: ``!unsafe`` marks a value Ansible must not template."""
+
+
+def _unsafe(loader: yaml.SafeLoader, node: yaml.Node):
+    if isinstance(node, yaml.MappingNode):
+        return loader.construct_mapping(node, deep=True)
+    if isinstance(node, yaml.SequenceNode):
+        return loader.construct_sequence(node, deep=True)
+    return loader.construct_scalar(node)  # Jinja text: always a string
+
+
+_Loader.add_constructor("!unsafe", _unsafe)
+
+
+def load(text: str):
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader with one more tag)
+
+
+def _is_jinja(value) -> bool:
+    return "{{" in json.dumps(value) or "{%" in json.dumps(value)
+
+
 def _value_end(lines: list[str], start: int) -> int:
     """End (exclusive) of the YAML value whose key is on line `start`: the next line with content
     at or left of the key's column; trailing blank and comment lines are left out."""
@@ -91,11 +114,13 @@ def _key_line(lines: list[str], key: str, indent: int, after: int = 0, before: i
     return None
 
 
-def _defaults_text(lines: list[str], key: str) -> list[str]:
-    """The lines of `key: value` in defaults/main.yml, with the key renamed to `default`."""
+def _defaults_text(lines: list[str], key: str, jinja: bool) -> list[str]:
+    """The lines of `key: value` in defaults/main.yml, with the key renamed to `default`. A value with
+    Jinja in it is tagged !unsafe: Ansible templates a role's argument spec before validating, and
+    the documented default must stay text there (it may name facts or variables not yet set)."""
     start = _key_line(lines, key, 0)
     out = lines[start : _value_end(lines, start)]
-    return ["default:" + out[0][len(key) + 1 :], *out[1:]]
+    return [("default: !unsafe" if jinja else "default:") + out[0][len(key) + 1 :], *out[1:]]
 
 
 def _dump(value, indent: int) -> list[str]:
@@ -162,8 +187,8 @@ def render_spec(role: Path, schema: dict) -> str:
     lines = spec_path.read_text().splitlines()
     defaults_file = role / "defaults" / "main.yml"
     dlines = defaults_file.read_text().splitlines() if defaults_file.exists() else []
-    defaults = (yaml.safe_load("\n".join(dlines)) or {}) if dlines else {}
-    options = yaml.safe_load("\n".join(lines))["argument_specs"]["main"].get("options") or {}
+    defaults = (load("\n".join(dlines)) or {}) if dlines else {}
+    options = load("\n".join(lines))["argument_specs"]["main"].get("options") or {}
     missing = sorted(set(defaults) - set(options))
     if missing:
         raise SystemExit(f"{role.name}: defaults/main.yml has {', '.join(missing)}; meta/argument_specs.yml does not")
@@ -174,7 +199,8 @@ def render_spec(role: Path, schema: dict) -> str:
         body_keys = {k: _key_line(lines, k, 8, after=start, before=end) for k in ("type", "default", "options")}
         new: list[str] | None = None
         if name in defaults:
-            new = ["        " + line if line else line for line in _defaults_text(dlines, name)]
+            text = _defaults_text(dlines, name, _is_jinja(defaults[name]))
+            new = ["        " + line if line else line for line in text]
         if body_keys["default"] is not None:
             # replaced by the defaults' value, or dropped when defaults/main.yml no longer sets it
             d_end = _value_end(lines, body_keys["default"])
@@ -191,7 +217,7 @@ def render_spec(role: Path, schema: dict) -> str:
             else:
                 lines[at : _value_end(lines, at)] = generated
     text = "\n".join(lines) + "\n"
-    got = yaml.safe_load(text)["argument_specs"]["main"]["options"]
+    got = load(text)["argument_specs"]["main"]["options"]
     for name, value in defaults.items():
         if got[name].get("default") != value:
             raise SystemExit(f"{role.name}: {name}: the copied default does not load as the defaults/main.yml value")
@@ -248,7 +274,7 @@ def table_rows(options: dict, prefix: str = "") -> list[str]:
 
 
 def render_table(spec_text: str) -> str:
-    options = yaml.safe_load(spec_text)["argument_specs"]["main"].get("options") or {}
+    options = load(spec_text)["argument_specs"]["main"].get("options") or {}
     if not options:
         return "\n".join([BEGIN, "", "None: the role has no variables.", "", END])
     head = ["| Variable | Type | Default | Description |", "| --- | --- | --- | --- |"]
