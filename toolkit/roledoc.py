@@ -172,6 +172,8 @@ def vllm_services_options(schema: dict) -> dict:
     """Nested options of vllm_services: one dict per service name with its plan schema fields."""
     out = {}
     for service, ref in VLLM_SERVICE_DEFS.items():
+        if ref not in schema["$defs"]:
+            raise SystemExit(f"plan.schema.json: no $defs/{ref} for vllm_services.{service} (see VLLM_SERVICE_DEFS)")
         props = schema["$defs"][ref]["properties"]
         out[service] = {
             "type": "dict",
