@@ -157,18 +157,16 @@ SITE_ROLES = ["nvidia_driver", "model_store", "vllm", "ollama", "egress_guard", 
 def _validate_with_ansible(tmp_path: Path, plans: list[dict]) -> subprocess.CompletedProcess:
     """Each role run for real with each plan, up to its argument validation: the task Ansible prepends
     to a role is tagged always, so `--tags` naming no task runs only the validations."""
-    plays = [
-        {
-            "hosts": "localhost",
-            "connection": "local",
-            "gather_facts": i == 0,  # facts stay for the later plays (nvidia_driver's defaults read them)
-            "gather_subset": ["min"],
-            "vars": {"toolkit_plan": plan, "vllm_api_key": "k"},
-            "roles": SITE_ROLES,
-        }
+    # The plan goes in !unsafe, as a module's result (gpu_facts) reaches the roles: its strings are data,
+    # never templates (a FIM template's {{{prefix}}} would not parse as Jinja). JSON is YAML flow.
+    plays = "".join(
+        f"- hosts: localhost\n  connection: local\n  gather_facts: {'true' if i == 0 else 'false'}\n"
+        "  gather_subset: [min]\n"  # facts stay for the later plays (nvidia_driver's defaults read them)
+        f"  vars:\n    vllm_api_key: k\n    toolkit_plan: !unsafe {json.dumps(plan)}\n"
+        f"  roles: {json.dumps(SITE_ROLES)}\n"
         for i, plan in enumerate(plans)
-    ]
-    (tmp_path / "play.yml").write_text(json.dumps(plays))
+    )
+    (tmp_path / "play.yml").write_text(plays)
     env = dict(
         os.environ,
         ANSIBLE_NOCOLOR="1",
