@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from toolkit import roledoc
 from toolkit.errors import UsageError
 from toolkit.guard import (
     GuardState,
@@ -224,7 +225,7 @@ def test_unit_filter_check_reads_systemd_show_output() -> None:
 
 def test_every_role_default_is_specified_and_documented() -> None:
     defaults = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
-    spec = yaml.safe_load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
+    spec = roledoc.load((ROLE / "meta" / "argument_specs.yml").read_text())["argument_specs"]["main"]["options"]
     readme = (ROLE / "README.md").read_text()
     assert set(defaults) == set(spec)
     for name in defaults:
