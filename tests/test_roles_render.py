@@ -205,7 +205,7 @@ def test_container_method_unit_runs_rootless_podman_as_vllm_with_the_key_from_it
     units = render_vllm_units(tmp_path, plan, vllm_install_method="container")
     line = exec_start(units["vllm-chat"])
     assert line.startswith(
-        "ExecStart=/usr/bin/podman run --rm --name vllm-chat --network host --ipc host "
+        "ExecStart=/usr/bin/podman run --rm --name vllm-chat --network host --ipc host --uts host "
         "--device nvidia.com/gpu=all -e VLLM_API_KEY -e "
     )
     # The image's entry point is `vllm serve`: it gets the plan's arguments after it.
@@ -213,6 +213,10 @@ def test_container_method_unit_runs_rootless_podman_as_vllm_with_the_key_from_it
     chat = units["vllm-chat"].splitlines()
     for want in ("User=vllm", "Group=vllm", "RuntimeDirectory=vllm", "Environment=XDG_RUNTIME_DIR=/run/vllm"):
         assert want in chat, want
+    # --uts host lets ProtectHostname hold; podman run alone gets SIGTERM (no ExecStop podman stop,
+    # which cannot join the container's user namespace: tests/test_vllm_container_unit.py).
+    assert "ProtectHostname=yes" in chat and "KillMode=mixed" in chat
+    assert not [w for w in chat if w.startswith("ExecStop=")]
     # The key file is root 0600: systemd reads it; podman (as vllm) only passes the variable on.
     assert "EnvironmentFile=/etc/vllm/api-key.env" in chat and "--env-file" not in line
     # Inside the container the store is mounted at /hf: HF_HOME is passed once, with that value.
@@ -339,8 +343,8 @@ def test_environment_values_keep_dollar_and_quote_and_double_percent(tmp_path):
 def test_vllm_units_score_at_most_2_in_systemd_analyze_security(tmp_path, gpu, method, limit):
     """systemd-analyze (systemd 252) scores the rendered file offline; the molecule scenarios
     score the installed units and prove the services still start under them. The container unit
-    (rootless podman) keeps RestrictNamespaces and ProtectHostname off, measured necessary
-    (docs/roles.md): 2.1."""
+    (rootless podman) keeps RestrictNamespaces off, measured necessary (docs/roles.md): 2.1, as
+    tests/test_vllm_container_unit.py measures it installed under systemd."""
     require_binary("systemd-analyze")
     facts = json.loads((REPO / f"tests/data/gpus/{gpu}.json").read_text())
     units = render_vllm_units(tmp_path, make_plan(facts, TIERS, {}), vllm_install_method=method)
