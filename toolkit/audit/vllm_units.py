@@ -22,7 +22,7 @@ _RUN_FLAGS = frozenset(
         "--rm", "--detach", "-d", "--interactive", "-i", "--tty", "-t", "--privileged", "--init",
         "--read-only", "--read-only-tmpfs", "--replace", "--rmi", "--no-healthcheck", "--no-hosts",
         "--publish-all", "-P", "--quiet", "-q", "--sig-proxy", "--env-host", "--http-proxy",
-        "--oom-kill-disable", "--tls-verify", "--systemd", "--help",
+        "--oom-kill-disable", "--tls-verify", "--help",
     }
 )  # fmt: skip
 
