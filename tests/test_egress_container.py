@@ -131,7 +131,7 @@ def test_container_mode_runs_rootless_as_the_vllm_uid_serves_on_loopback_and_the
                 assert want in lines, want
             words = systemd_words(exec_start(unit))
             image_at = words.index("docker.io/vllm/vllm-openai:v0.32.0")
-            assert words[:4] == ["/usr/bin/podman", "run", "--rm", "--name"] and "--user" not in words
+            assert words[:5] == ["/usr/bin/podman", "run", "--rm", "--replace", "--name"] and "--user" not in words
             assert words[image_at - 2 : image_at] == ["-v", "/var/lib/toolkit/hf:/hf:ro"]
             # The weights directory of the unit is the model_store role's; here an empty stand-in.
             hf = base / "hf"
@@ -150,7 +150,7 @@ def test_container_mode_runs_rootless_as_the_vllm_uid_serves_on_loopback_and_the
 
             env = {"VLLM_API_KEY": "k-test"}
             # Control: without the guard the rootless container reaches the peer.
-            probe = podman[:4] + ["vllm-probe"] + podman[5:]
+            probe = podman[:5] + ["vllm-probe"] + podman[6:]
             sent = subprocess.run(
                 rl.argv(
                     pair.ws,

@@ -86,3 +86,71 @@ def test_local_directory_models_are_not_judged_as_the_store(tmp_path: Path) -> N
         "MODEL-001": ("pass", "1 vLLM unit(s): every hub model verified"),
         "MODEL-002": ("skip", "no vLLM unit on this host serves a hub model from the store"),
     }
+
+
+def test_container_mode_unit_is_read_after_the_image_with_its_host_paths(tmp_path: Path) -> None:
+    """The vllm role's container unit (`podman run ... IMAGE ARGS`, rendered by the role itself):
+    MODEL-001 reads the model and --revision after the image, MODEL-002 the host's HF_HOME."""
+    from test_roles_render import render_vllm_units
+
+    root = host(tmp_path)
+    (root / "etc/systemd/system/vllm-embed.service").unlink()
+    plan = {
+        "runtime": "cpu",
+        "services": {
+            "chat": {
+                "port": 8000,
+                "served_model_name": "chat",
+                "model": MINILM_REPO,
+                "args": [MINILM_REPO, "--host", "127.0.0.1", "--port", "8000"],
+            }
+        },
+    }
+    (tmp_path / "r").mkdir()
+    units = render_vllm_units(
+        tmp_path / "r", plan, vllm_install_method="container", vllm_model_revisions={MINILM_REPO: MINILM_REV}
+    )
+    exec_start = next(w for w in units["vllm-chat"].splitlines() if w.startswith("ExecStart="))
+    assert exec_start.startswith("ExecStart=/usr/bin/podman run ") and f"'--revision' '{MINILM_REV}'" in exec_start
+    (root / "etc/systemd/system/vllm-chat.service").write_text(units["vllm-chat"])
+    assert judge(root) == {
+        "MODEL-001": ("pass", "1 vLLM unit(s): every hub model verified"),
+        "MODEL-002": (
+            "pass",
+            "/var/lib/toolkit/hf, /var/lib/toolkit/model-store: owned by root, writable only by root",
+        ),
+    }
+    (root / "var/lib/toolkit/model-store/verified" / f"{MODEL_DIR}@{MINILM_REV}").unlink()
+    assert judge(root)["MODEL-001"] == ("fail", "1 served model(s) not verified for the revision served")
+
+
+@pytest.mark.parametrize(
+    ("argv", "server", "env"),
+    [
+        (
+            ["/usr/bin/podman", "run", "--rm", "--name", "vllm-chat", "--network", "host", "-e", "VLLM_API_KEY",
+             "-e", "HF_HOME=/hf", "-v", "/var/lib/toolkit/hf:/hf:ro", "img:1", "org/m", "--port", "8000"],
+            ["vllm", "serve", "org/m", "--port", "8000"],
+            {"HF_HOME": "/var/lib/toolkit/hf"},
+        ),
+        (
+            ["podman", "run", "--env=HF_HOME=/x/cache", "--volume=/srv/hf:/x", "-d", "--", "img",
+             "python3", "-m", "vllm.entrypoints.openai.api_server", "--model", "/x/m"],
+            ["python3", "-m", "vllm.entrypoints.openai.api_server", "--model", "/x/m"],
+            {"HF_HOME": "/srv/hf/cache"},
+        ),
+    ],
+    ids=["role-unit", "explicit-command"],
+)  # fmt: skip
+def test_container_server_argv_is_what_follows_the_image(argv: list[str], server: list[str], env: dict) -> None:
+    from toolkit.audit.vllm_units import container_server
+
+    assert container_server(argv) == (server, env)
+
+
+def test_container_server_is_none_for_other_commands() -> None:
+    from toolkit.audit.vllm_units import container_server
+
+    assert container_server(["/opt/vllm/venv/bin/vllm", "serve", "m"]) is None
+    assert container_server(["/usr/bin/podman", "stop", "vllm-chat"]) is None
+    assert container_server(["/usr/bin/podman", "run", "--rm", "--name", "x"]) is None  # no image

@@ -1,7 +1,9 @@
 """The vLLM units of a machine (or of a container's root seen from outside), read as systemd reads
 them: drop-ins, ExecStart= resets, quoting and EnvironmentFile= precedence (systemd_unit). One
 reader for every control that asks what is served: MODEL-001/002 (model, revision, HF_HOME) and
-CONTINUE-001..003 (port, served names, max_model_len)."""
+CONTINUE-001..003 (port, served names, max_model_len). A container-mode unit (`podman run ... IMAGE
+ARGS`, the vllm role's container method) is read as the server inside sees it: the image's entry
+point (`vllm serve`) with the words after the image."""
 
 from __future__ import annotations
 
@@ -12,6 +14,17 @@ from toolkit.audit.static_checks import _in_root
 from toolkit.audit.systemd_unit import service_environment, split_words
 
 API_SERVER = "vllm.entrypoints.openai.api_server"
+CONTAINER_RUNTIMES = frozenset({"podman", "docker"})
+# `podman run` / `docker run` options that take no value word (a boolean's value, if any, comes
+# with `=`); every other option takes the next word, as nearly all of them do.
+_RUN_FLAGS = frozenset(
+    {
+        "--rm", "--detach", "-d", "--interactive", "-i", "--tty", "-t", "--privileged", "--init",
+        "--read-only", "--read-only-tmpfs", "--replace", "--rmi", "--no-healthcheck", "--no-hosts",
+        "--publish-all", "-P", "--quiet", "-q", "--sig-proxy", "--env-host", "--http-proxy",
+        "--oom-kill-disable", "--tls-verify", "--help",
+    }
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -69,6 +82,45 @@ def served_model_arg(argv: list[str]) -> str | None:
     return model
 
 
+def container_server(argv: list[str]) -> tuple[list[str], dict[str, str]] | None:
+    """For `podman run OPTIONS IMAGE [ARGS]`: the server's argv (the image's entry point `vllm serve`
+    with ARGS, or ARGS themselves when they name vllm or python) and the environment given with -e,
+    where a value under a -v destination is the host path it comes from. None for any other command."""
+    if Path(argv[0]).name not in CONTAINER_RUNTIMES or argv[1:2] != ["run"]:
+        return None
+    env: dict[str, str | None] = {}
+    volumes: list[tuple[str, str]] = []
+    i = 2
+    while i < len(argv) and argv[i].startswith("-") and argv[i] != "--":
+        opt, eq, value = argv[i].partition("=")
+        if not eq and opt not in _RUN_FLAGS:
+            i += 1
+            value = argv[i] if i < len(argv) else ""
+        if opt in ("-e", "--env"):
+            k, has, v = value.partition("=")
+            env[k] = v if has else None
+        elif opt in ("-v", "--volume") and ":" in value:
+            src, dst = value.split(":")[:2]
+            volumes.append((dst.rstrip("/") or "/", src.rstrip("/") or "/"))
+        i += 1
+    i += argv[i : i + 1] == ["--"]
+    if i >= len(argv):
+        return None  # no image
+    args = argv[i + 1 :]
+    if not (args and Path(args[0]).name in ("vllm", "python", "python3")):
+        args = ["vllm", "serve", *args]
+    out: dict[str, str] = {}
+    for k, v in env.items():
+        if v is None:
+            continue  # passed from the unit's own environment: the caller has it
+        for dst, src in volumes:
+            if v == dst or v.startswith(dst + "/"):
+                v = src + v[len(dst) :]
+                break
+        out[k] = v
+    return args, out
+
+
 def is_vllm_command(unit: str, argv: list[str]) -> bool:
     """vLLM's CLI, its OpenAI server module, or a vllm-*.service unit whose command names a model."""
     return (
@@ -89,7 +141,13 @@ def vllm_units(unit_dirs: list[Path], root: Path = Path("/")) -> list[VllmUnit]:
             continue
         for line in se.exec_start:
             argv, problem = split_words(line.strip().lstrip("@-:+!"), relax=True)
-            if problem or not argv or not is_vllm_command(name, argv):
-                continue  # a line systemd would refuse, or not vLLM: nothing this reader can say
-            out.append(VllmUnit(name, argv, dict(se.environment)))
+            if problem or not argv:
+                continue  # a line systemd would refuse: nothing this reader can say
+            environment = dict(se.environment)
+            inside = container_server(argv)
+            if inside is not None:
+                argv, passed = inside
+                environment.update(passed)
+            if is_vllm_command(name, argv):
+                out.append(VllmUnit(name, argv, environment))
     return out
