@@ -3,6 +3,10 @@
 A run lives in its own directory (``artifacts/runs/<id>/``): the plans of every host
 (``plans/<host>.json``), ansible-runner's artifacts (events, stdout, status, rc) for both phases,
 and ``summary.json``. Nothing is written outside it on the controller.
+
+The playbooks and roles are those of the collection pca.toolkit, found where this package is: in a
+checkout the repository root is the collection; installed from the wheel, the collection lies beside
+the package as ``site-packages/ansible_collections/pca/toolkit`` (setup.py puts it there).
 """
 
 from __future__ import annotations
@@ -22,9 +26,16 @@ from toolkit import files
 from toolkit.errors import CheckFailed, EnvironmentProblem, UsageError
 
 REPO = Path(__file__).resolve().parent.parent
-PLAYBOOKS = REPO / "playbooks"
-DEFAULT_INVENTORY = REPO / "inventories" / "local"
-RUNS_DIR = REPO / "artifacts" / "runs"
+# A checkout: the repository root is the collection (galaxy.yml), with ansible.cfg and collections/.
+CHECKOUT = (REPO / "galaxy.yml").is_file() and (REPO / "ansible.cfg").is_file()
+# The collection the wheel installed beside the package (REPO is then site-packages).
+INSTALLED_COLLECTION = REPO / "ansible_collections" / "pca" / "toolkit"
+COLLECTION = REPO if CHECKOUT else INSTALLED_COLLECTION
+PLAYBOOKS = COLLECTION / "playbooks"
+# Installed, there is no checkout to keep inventories and runs in: both are relative to the
+# directory the toolkit runs in.
+DEFAULT_INVENTORY = REPO / "inventories" / "local" if CHECKOUT else Path("inventories") / "local"
+RUNS_DIR = REPO / "artifacts" / "runs" if CHECKOUT else Path("artifacts") / "runs"
 
 
 # Tasks outside any role (gpu_facts planning, fact gathering) are counted under this name.
@@ -193,20 +204,36 @@ def check_inventory(inventory: Path, limit: str | None) -> list[str]:
     return sorted(hosts)
 
 
+def require_collection() -> None:
+    if not (PLAYBOOKS / "site.yml").is_file():
+        raise EnvironmentProblem(
+            f"the pca.toolkit collection is not beside the toolkit ({COLLECTION} has no playbooks/site.yml):"
+            " install the toolkit from its wheel, or run it from a checkout"
+        )
+
+
 def ansible_env() -> dict[str, str]:
-    """What every Ansible run of the toolkit needs: its config, roles and the pca.toolkit collection
-    (modules, module_utils, filters, lookups), which is the checkout itself (collections/ links back)."""
+    """What every Ansible run of the toolkit needs: the roles and the pca.toolkit collection (modules,
+    module_utils, filters, lookups). In a checkout that is the checkout itself (collections/ links
+    back) with the project's ansible.cfg; installed, the copy beside the package, and the user's own
+    Ansible configuration if any. The path is set either way, so an ansible-playbook whose
+    interpreter does not have this package on sys.path still finds this very copy first."""
+    require_collection()
     venv_bin = str(Path(sys.executable).parent)
-    return {
-        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
-        "ANSIBLE_ROLES_PATH": str(REPO / "roles"),
+    # The directory holding ansible_collections/pca/toolkit: collections/ (a link back) or site-packages.
+    collections_dir = REPO / "collections" if CHECKOUT else REPO
+    env = {
+        "ANSIBLE_ROLES_PATH": str(COLLECTION / "roles"),
         "ANSIBLE_COLLECTIONS_PATH": os.pathsep.join(
-            [str(REPO / "collections"), "~/.ansible/collections", "/usr/share/ansible/collections"]
+            [str(collections_dir), "~/.ansible/collections", "/usr/share/ansible/collections"]
         ),
         "PATH": venv_bin + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin"),
         "ANSIBLE_FORCE_COLOR": "0",
         "ANSIBLE_NOCOLOR": "1",
     }
+    if CHECKOUT:
+        env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+    return env
 
 
 # Environment names whose values are secrets (API keys, hub tokens, passwords): kept out of artifacts.
@@ -248,7 +275,8 @@ def redact_artifacts(run_dir: Path, ident: str) -> None:
         files.write_atomic(path, json.dumps(data), 0o600)
 
 
-def new_run_dir(base: Path = RUNS_DIR) -> Path:
+def new_run_dir(base: Path | None = None) -> Path:
+    base = (base or RUNS_DIR).absolute()
     stamp = time.strftime("%Y%m%dT%H%M%S")
     for n in range(100):
         d = base / (stamp if n == 0 else f"{stamp}-{n}")
@@ -338,6 +366,7 @@ def provision(
     on_change: Callable[[EventTracker], None] | None = None,
 ) -> RunResult:
     """Both phases: plan every host (stop if one cannot be planned), then converge. Writes summary.json."""
+    require_collection()
     check_inventory(inventory, limit)
     run_dir = new_run_dir()
     t0 = time.monotonic()

@@ -40,7 +40,12 @@ def build(directory: Path, python: str = sys.executable) -> dict[str, str]:
     directory.mkdir(parents=True, exist_ok=True)
     constraints = REPO / ".ci" / "constraints.txt"
     pip = [python, "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "wheel", "--no-deps", "-w", str(directory), str(REPO)], check=True)
+    # The toolkit's build needs setuptools, wheel and ansible-core (setup.py builds the collection the
+    # wheel carries): when this Python has them, build with them rather than fetch them all again
+    # into an isolated build environment.
+    here = subprocess.run([python, "-c", "import ansible, setuptools, wheel"], capture_output=True).returncode == 0
+    isolation = ["--no-build-isolation"] if here else []
+    subprocess.run([*pip, "wheel", "--no-deps", *isolation, "-w", str(directory), str(REPO)], check=True)
     subprocess.run([*pip, "wheel", "-w", str(directory), "-c", str(constraints), *AGENT_REQUIREMENTS], check=True)
     return write_manifest(directory)
 

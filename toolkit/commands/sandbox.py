@@ -120,7 +120,7 @@ def up_cmd(
                 "--concurrency",
                 "1,2",
                 "--code-tree",
-                str(provision.REPO / "toolkit" / "bench"),
+                str(Path(__file__).resolve().parents[1] / "bench"),  # the package's own code, installed or not
             ),
             capture_output=True,
             text=True,
