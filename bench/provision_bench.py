@@ -11,6 +11,10 @@ for 8 hosts on 2 cores) and measures, wall clock:
 - reference:  ``ansible-playbook -i FLEET playbooks/site.yml --forks N``, the same playbook without
               the toolkit (no plan phase, no ansible-runner, no live view), once on another N fresh
               hosts and once more on those converged hosts, in the same run.
+- transport:  with ``--podman-too``, the idempotent ``ansible-playbook`` once more on the same
+              converged hosts through the podman connection (no pipelining) instead of SSH.
+
+The hosts are reached over SSH with pipelining and ControlPersist (tests/fleet.py), as real fleets are.
 
 Prints a Markdown table; the figures go to docs/provisioning.md and the README. The real vLLM on
 one host is measured by ``toolkit sandbox up`` (its summary.json has the converge seconds).
@@ -26,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -59,6 +65,18 @@ def ansible_playbook(inv: Path, n: int) -> tuple[float, str]:
     return secs, " ".join(recap.split()[2:8]) if recap else ""
 
 
+def podman_inventory(inv: Path) -> Path:
+    """The same hosts as inv (an SSH fleet), reached with the podman connection instead."""
+    doc = yaml.safe_load(inv.read_text())
+    hosts = doc["all"]["children"]["fleet"]["hosts"]
+    for name, hv in hosts.items():
+        hosts[name] = {k: v for k, v in hv.items() if not k.startswith(("ansible_ssh", "ansible_user"))}
+        hosts[name]["ansible_connection"] = "containers.podman.podman"
+    out = inv.with_name("fleet-podman.yml")
+    out.write_text(yaml.safe_dump(doc))
+    return out
+
+
 def changed(summary: dict) -> int:
     return sum(h["changed"] for h in summary["hosts"].values())
 
@@ -67,6 +85,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--hosts", default="1,4,8", help="fleet sizes, comma-separated")
     ap.add_argument("--no-reference", action="store_true", help="skip the ansible-playbook runs")
+    ap.add_argument("--podman-too", action="store_true", help="also time the idempotent run over the podman connection")
     args = ap.parse_args()
     rows = []
     for n in (int(x) for x in args.hosts.split(",")):
@@ -85,6 +104,8 @@ def main() -> None:
             }
             if not args.no_reference:
                 row["ref_idem_s"], _ = ansible_playbook(inv, n)
+            if args.podman_too:
+                row["podman_idem_s"], row["podman_idem_recap"] = ansible_playbook(podman_inventory(inv), n)
         if not args.no_reference:
             with tempfile.TemporaryDirectory() as tmp, stack_fleet(n, Path(tmp), prefix=f"tk-ref{n}") as inv:
                 row["ref_fresh_s"], _ = ansible_playbook(inv, n)
@@ -93,9 +114,9 @@ def main() -> None:
 
     print(
         "| hosts | fresh (toolkit) | fresh (ansible-playbook) | ratio | idempotent (toolkit) "
-        "| idempotent (ansible-playbook) | ratio | of which plan phase |"
+        "| idempotent (ansible-playbook) | ratio | of which plan phase | idempotent over podman connection |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
 
     def secs(v: float | None) -> str:
         return f"{v:.0f} s" if v else "-"
@@ -108,7 +129,7 @@ def main() -> None:
         print(
             f"| {r['hosts']} | {secs(r['fresh_s'])} ({r['fresh_changed']} changed) | {secs(ref_f)} "
             f"| {ratio(r['fresh_s'], ref_f)} | {secs(r['idem_s'])} | {secs(ref_i)} | {ratio(r['idem_s'], ref_i)} "
-            f"| {secs(r['idem_plan_s'])} |"
+            f"| {secs(r['idem_plan_s'])} | {secs(r.get('podman_idem_s'))} |"
         )
 
 

@@ -1,10 +1,21 @@
 """A fleet of real podman hosts (systemd containers from the cached test image) for provisioning
-tests and the converge benchmark (bench/provision_bench.py)."""
+tests and the converge benchmark (bench/provision_bench.py), reached over SSH as real fleets are.
+
+Each container runs sshd on its own 127.0.0.1 only (the audit's LISTEN-001 still passes there);
+the controller reaches it through a ProxyCommand that enters the container's network namespace
+(tests/nsbridge.py), so no test traffic goes to the containers' bridge addresses. Host keys are
+made per container and pinned in a known_hosts file; the client key is made per fleet (0600).
+Ansible then pipelines and keeps one ControlPersist master per host, as on a real fleet.
+"""
 
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +29,14 @@ CACHE = Path(os.environ.get("TOOLKIT_CACHE", "/var/cache/toolkit"))
 # The vllm role's light scenario stand-in for vllm.entrypoints.openai.api_server: one copy, used here too.
 STANDIN = REPO / "roles" / "vllm" / "molecule" / "default" / "fake_api_server.py"
 STANDIN_SITE = "/opt/vllm/venv/lib/python3.11/site-packages"
+NSBRIDGE = REPO / "tests" / "nsbridge.py"
+# sshd of a fleet host: loopback only, its own ed25519 host key, keys only.
+SSHD_CONF = """ListenAddress 127.0.0.1
+HostKey /etc/ssh/ssh_host_ed25519_key
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+"""
 
 # Host variables of a whole-stack fleet host whose vLLM is the stand-in: every role of site.yml runs
 # for real (plan, driver check, vllm units with health wait and warm-up, egress guard in nftables,
@@ -74,21 +93,69 @@ id dev >/dev/null 2>&1 || useradd --create-home --shell /bin/bash dev
 
 
 @contextmanager
-def stack_fleet(n: int, tmp: Path, prefix: str = "tk-stack") -> Iterator[Path]:
+def stack_fleet(n: int, tmp: Path, prefix: str = "tk-stack", transport: str = "ssh") -> Iterator[Path]:
     """n podman hosts ready for the whole of site.yml, with the vLLM stand-in (see STACK_VARS)."""
-    with podman_fleet(n, tmp, prefix, extra_run_args=STACK_RUN_ARGS, host_vars=STACK_VARS) as inv:
+    with podman_fleet(n, tmp, prefix, STACK_RUN_ARGS, STACK_VARS, transport) as inv:
         for name in yaml.safe_load(inv.read_text())["all"]["children"]["fleet"]["hosts"]:
             install_vllm_standin(name)
         yield inv
 
 
+def start_sshd(name: str, public_key: str) -> str:
+    """Give the container its own host key, authorize public_key for root and start sshd on
+    127.0.0.1:22; return the host's public key (for known_hosts)."""
+    script = f"""set -e
+mkdir -p /etc/ssh/sshd_config.d
+printf %s {shlex.quote(SSHD_CONF)} > /etc/ssh/sshd_config.d/toolkit-fleet.conf
+test -f /etc/ssh/ssh_host_ed25519_key || ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
+install -d -m 0700 /root/.ssh
+printf '%s\\n' {shlex.quote(public_key)} > /root/.ssh/authorized_keys
+chmod 0600 /root/.ssh/authorized_keys
+systemctl enable --now ssh.service >/dev/null 2>&1
+cat /etc/ssh/ssh_host_ed25519_key.pub
+"""
+    return podman("exec", name, "sh", "-c", script).stdout.strip()
+
+
+def ssh_host_vars(pid: int, key: Path, known_hosts: Path, control_dir: Path) -> dict:
+    """Inventory variables that reach the container whose init is pid over SSH through its netns."""
+    proxy = f"nsenter --net=/proc/{pid}/ns/net {shlex.quote(sys.executable)} {shlex.quote(str(NSBRIDGE))} 127.0.0.1 22"
+    common = [
+        f"-o ProxyCommand={shlex.quote(proxy)}",
+        f"-o UserKnownHostsFile={shlex.quote(str(known_hosts))}",
+        "-o StrictHostKeyChecking=yes",
+        "-o IdentitiesOnly=yes",
+        f"-o ControlPath={shlex.quote(str(control_dir / '%h'))}",
+    ]
+    return {
+        "ansible_connection": "ansible.builtin.ssh",
+        "ansible_user": "root",
+        "ansible_ssh_private_key_file": str(key),
+        "ansible_ssh_common_args": " ".join(common),
+        # ansible.cfg's host_key_checking = False would add StrictHostKeyChecking=no first (first wins).
+        "ansible_ssh_host_key_checking": True,
+        "ansible_ssh_pipelining": True,
+        "ansible_ssh_args": "-C -o ControlMaster=auto -o ControlPersist=60s",
+    }
+
+
 @contextmanager
 def podman_fleet(
-    n: int, tmp: Path, prefix: str = "tk-fleet", extra_run_args: tuple[str, ...] = (), host_vars: dict | None = None
+    n: int,
+    tmp: Path,
+    prefix: str = "tk-fleet",
+    extra_run_args: tuple[str, ...] = (),
+    host_vars: dict | None = None,
+    transport: str = "ssh",
 ) -> Iterator[Path]:
-    """Start n systemd containers and yield an inventory file that reaches them with the podman connection."""
+    """Start n systemd containers and yield an inventory file that reaches them over SSH (see the
+    module's docstring), or with transport="podman" the podman connection (for comparison)."""
+    if transport not in ("ssh", "podman"):
+        raise ValueError(f"transport must be ssh or podman, not {transport!r}")
     tag = uuid.uuid4().hex[:6]
     names = [f"{prefix}-{tag}-{i}" for i in range(n)]
+    # ControlPath sockets need a short path (sun_path is 108 bytes); pytest's tmp_path can be long.
+    control_dir = Path(tempfile.mkdtemp(prefix="tk-cp-"))
     try:
         for name in names:
             podman("run", "-d", "--name", name, "--hostname", name, "--systemd=always", *extra_run_args, IMAGE)
@@ -102,13 +169,32 @@ def podman_fleet(
                 " case $s in running|degraded) exit 0;; esac; sleep 1; done; exit 1",
                 timeout=90,
             )
+        conn: dict[str, dict] = {}
+        if transport == "podman":
+            conn = {name: {"ansible_connection": "containers.podman.podman"} for name in names}
+        else:
+            key = tmp / "fleet_ed25519"
+            subprocess.run(
+                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "toolkit-fleet", "-f", str(key)],
+                check=True,
+                capture_output=True,
+            )
+            key.chmod(0o600)
+            public = key.with_suffix(".pub").read_text().strip()
+            known_hosts = tmp / "fleet_known_hosts"
+            lines = []
+            for name in names:
+                lines.append(f"{name} {start_sshd(name, public)}")
+                pid = int(podman("inspect", "-f", "{{.State.Pid}}", name).stdout.strip())
+                conn[name] = ssh_host_vars(pid, key, known_hosts, control_dir)
+            known_hosts.write_text("\n".join(lines) + "\n")
         inv = {
             "all": {
                 "children": {
                     "fleet": {
                         "hosts": {
                             name: {
-                                "ansible_connection": "containers.podman.podman",
+                                **conn[name],
                                 "ansible_python_interpreter": "/usr/bin/python3",
                                 **(host_vars or {}),
                             }
@@ -122,5 +208,10 @@ def podman_fleet(
         path.write_text(yaml.safe_dump(inv))
         yield path
     finally:
+        for sock in control_dir.iterdir():  # close the ControlPersist masters before their hosts go
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", sock.name], capture_output=True, timeout=10
+            )
+        shutil.rmtree(control_dir, ignore_errors=True)
         for name in names:
             podman("rm", "-f", "-t", "0", name, check=False)

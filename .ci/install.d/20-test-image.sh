@@ -19,7 +19,7 @@ fi
 
 # Packages the roles would install anyway (apt in the container still works and reports "ok");
 # baking them in keeps every converge from downloading them again.
-PKGS=python3,python3-apt,python3-venv,python3-dev,systemd,systemd-sysv,dbus,sudo,ca-certificates,iproute2,curl,procps,g++,libnuma1,nftables,gnupg
+PKGS=python3,python3-apt,python3-venv,python3-dev,systemd,systemd-sysv,dbus,sudo,ca-certificates,iproute2,curl,procps,g++,libnuma1,nftables,gnupg,openssh-server
 recipe=$(printf '%s\n%s\n' "$(sha256sum "$0" | cut -c1-64)" "$PKGS" | sha256sum | cut -c1-12)
 
 if podman image exists "$IMAGE:$recipe"; then
@@ -47,9 +47,14 @@ for u in getty@tty1.service console-getty.service systemd-udevd.service systemd-
          systemd-remount-fs.service sys-kernel-debug.mount sys-kernel-tracing.mount; do
   ln -sf /dev/null "$root/etc/systemd/system/$u"
 done
+# sshd is installed for the fleet tests (tests/fleet.py), which give each container its own host key
+# and start it on 127.0.0.1 only; at boot nothing new listens (other tests assert loopback-only
+# listeners), and no host key is shared by every container made from this image.
+rm -f "$root"/etc/systemd/system/multi-user.target.wants/ssh.service "$root"/etc/systemd/system/sshd.service \
+      "$root"/etc/systemd/system/sockets.target.wants/ssh.socket "$root"/etc/ssh/ssh_host_*
 tar -C "$root" -c . | podman import --change 'CMD ["/sbin/init"]' --change 'STOPSIGNAL SIGRTMIN+3' - "$IMAGE:$recipe" >/dev/null
 podman tag "$IMAGE:$recipe" "$IMAGE:current"
 rm -rf "$root"
-# Drop images of older recipes.
-podman images --format '{{.Repository}}:{{.Tag}}' | grep "^$IMAGE:" | grep -v -e ":$recipe\$" -e ':current$' | xargs -r podman rmi -f >/dev/null || true
+# Drop images of older recipes, except those containers still run from (no -f: that would remove them).
+podman images --format '{{.Repository}}:{{.Tag}}' | grep "^$IMAGE:" | grep -v -e ":$recipe\$" -e ':current$' | xargs -r -n1 podman rmi >/dev/null 2>&1 || true
 echo "built $IMAGE:$recipe"
