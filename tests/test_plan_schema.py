@@ -45,8 +45,9 @@ def test_every_recorded_plan_matches_the_schema(inventory):
         {"autocomplete": {"shared": True}},
         {"embed": {"backend": "vllm"}},
         {"chat": {"max_model_len": 8192}},
+        {"rerank": {"model": "bge-reranker-base"}},
     ],
-    ids=["shared-autocomplete", "vllm-embeddings", "chat-context"],
+    ids=["shared-autocomplete", "vllm-embeddings", "chat-context", "rerank"],
 )
 def test_override_plans_match_the_schema(overrides):
     facts = json.loads((ROOT / "tests" / "data" / "gpus" / "rtx4090-24gb.json").read_text())
@@ -67,8 +68,18 @@ def _cpu_plan() -> dict:
         (("services", "chat", "env", "TRAILING"), "1\n", "should not be valid"),
         (("services", "chat", "served_model_name"), "chat\n", "should not be valid"),
         (("runtime",), "rocm", "is not one of"),
+        # Plan v2's consumer fields: what a unit, the guard or Continue would read is held to its shape.
+        (("services", "chat", "host"), "0.0.0.0", "was expected"),
+        (("services", "chat", "unit"), "vllm-chat.service\nExecStartPre=/bin/sh", "should not be valid"),
+        (("services", "chat", "user"), "root; rm", "does not match"),
+        (("services", "chat", "client", "api_base"), "http://198.51.100.7:8000/v1", "does not match"),
+        (("services", "chat", "client", "apiKey"), "x", "Additional properties are not allowed"),
+        (("guard", "users"), [], "should be non-empty"),
+        (("schema",), 1, "was expected"),
     ],
-    ids=["unknown-key", "port-range", "port-bool", "newline-in-env", "trailing-newline", "name-newline", "runtime"],
+    ids=["unknown-key", "port-range", "port-bool", "newline-in-env", "trailing-newline", "name-newline", "runtime",
+         "host-not-loopback", "unit-newline", "user-shell", "client-off-loopback", "client-unknown-key",
+         "guard-without-users", "schema-1"],
 )
 def test_the_schema_refuses_what_no_consumer_may_read(path, value, expected):
     plan = copy.deepcopy(_cpu_plan())
