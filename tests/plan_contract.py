@@ -19,3 +19,12 @@ def plan_errors(plan: dict) -> list[str]:
 def assert_valid_plan(plan: dict) -> None:
     errors = plan_errors(plan)
     assert errors == [], errors
+
+
+def plan_lookup(tmp_path: Path, plan: dict, name: str = "plan.json") -> str:
+    """A plan handed to a play as playbooks/plan.yml hands one in: a file read by a lookup, whose
+    text Ansible never templates. As an extra var, the client view's FIM template ({{{prefix}}},
+    Continue's Handlebars) would be parsed as Jinja and fail."""
+    path = tmp_path / name
+    path.write_text(json.dumps(plan))
+    return "{{ lookup('ansible.builtin.file', '%s') | from_json }}" % path
