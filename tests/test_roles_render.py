@@ -293,6 +293,7 @@ def test_systemd_specifiers_and_quotes_in_arguments_are_escaped(tmp_path):
         "runtime": "cpu",
         "services": {
             "chat": {
+                "server": "vllm",
                 "port": 8000,
                 "served_model_name": "chat",
                 "args": ["--model", "/models/it's 100%", "--host", "127.0.0.1", "--port", "8000", "--x", "$HOME"],
