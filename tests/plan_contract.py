@@ -27,4 +27,4 @@ def plan_lookup(tmp_path: Path, plan: dict, name: str = "plan.json") -> str:
     Continue's Handlebars) would be parsed as Jinja and fail."""
     path = tmp_path / name
     path.write_text(json.dumps(plan))
-    return "{{ lookup('ansible.builtin.file', '%s') | from_json }}" % path
+    return f"{{{{ lookup('ansible.builtin.file', '{path}') | from_json }}}}"

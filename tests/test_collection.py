@@ -216,7 +216,7 @@ def render_vllm_unit(where: Path, collection_root: Path, env: dict[str, str], cw
     ev = where.with_suffix(".json")
     # The plan through a lookup, as plan.yml hands one in (an extra var's FIM template would be parsed as Jinja).
     where.with_suffix(".plan.json").write_text(json.dumps(plan))
-    lookup = "{{ lookup('ansible.builtin.file', '%s') | from_json }}" % where.with_suffix(".plan.json")
+    lookup = f"{{{{ lookup('ansible.builtin.file', '{where.with_suffix('.plan.json')}') | from_json }}}}"
     ev.write_text(json.dumps({"toolkit_plan": lookup, "ansible_facts": {"os_family": "Debian"}}))
     r = run([str(BIN / "ansible-playbook"), "-i", "localhost,", str(pb), "-e", f"@{ev}",
              "-e", f"ansible_python_interpreter={sys.executable}"], cwd, env)  # fmt: skip

@@ -77,9 +77,22 @@ def _cpu_plan() -> dict:
         (("guard", "users"), [], "should be non-empty"),
         (("schema",), 1, "was expected"),
     ],
-    ids=["unknown-key", "port-range", "port-bool", "newline-in-env", "trailing-newline", "name-newline", "runtime",
-         "host-not-loopback", "unit-newline", "user-shell", "client-off-loopback", "client-unknown-key",
-         "guard-without-users", "schema-1"],
+    ids=[
+        "unknown-key",
+        "port-range",
+        "port-bool",
+        "newline-in-env",
+        "trailing-newline",
+        "name-newline",
+        "runtime",
+        "host-not-loopback",
+        "unit-newline",
+        "user-shell",
+        "client-off-loopback",
+        "client-unknown-key",
+        "guard-without-users",
+        "schema-1",
+    ],
 )
 def test_the_schema_refuses_what_no_consumer_may_read(path, value, expected):
     plan = copy.deepcopy(_cpu_plan())

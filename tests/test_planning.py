@@ -14,6 +14,7 @@ import pytest
 import yaml
 from plan_contract import assert_valid_plan
 
+from toolkit.module_utils import gpu_plan
 from toolkit.module_utils.gpu_plan import (
     GIB,
     PlanError,
@@ -26,7 +27,6 @@ from toolkit.module_utils.gpu_plan import (
     tp_sizes,
     weights_gib,
 )
-from toolkit.module_utils import gpu_plan
 from toolkit.plan_bench import BLOCK_TOKENS, COMPARED, calibration_rows, generated_section, predict, render
 
 DATA = Path(__file__).parent / "data" / "gpus"

@@ -71,7 +71,9 @@ def client_view(plan: dict) -> dict:
     api_base, roles, model, context_length, family, tools, fim, dimensions), read as it is, plus the
     numbers the role's defaults take from it. Nothing here re-derives a port or a template."""
     services = (plan or {}).get("services") or {}
-    missing = [n for n in ("chat", "autocomplete", "embed") if not isinstance((services.get(n) or {}).get("client"), dict)]
+    missing = [
+        n for n in ("chat", "autocomplete", "embed") if not isinstance((services.get(n) or {}).get("client"), dict)
+    ]
     if missing:
         raise ContinueConfigError(
             f"the plan has no client view for {', '.join(missing)} (services.<name>.client of plan v2: "
@@ -136,7 +138,10 @@ def managed_models(o: dict) -> list[dict]:
     auto["defaultCompletionOptions"] = auto_opts
     auto["autocompleteOptions"] = dict(o["autocomplete_options"])
     embed = _entry("embeddings", clients["embed"], common)
-    embed["embedOptions"] = {"maxChunkSize": int(o["embed_max_chunk_size"]), "maxBatchSize": int(o["embed_max_batch_size"])}
+    embed["embedOptions"] = {
+        "maxChunkSize": int(o["embed_max_chunk_size"]),
+        "maxBatchSize": int(o["embed_max_batch_size"]),
+    }
     models = [chat, auto, embed]
     if clients.get("rerank"):
         # Vllm.rerank posts to the OpenAI adapter's /rerank (vLLM serves cross-encoders there).
