@@ -214,7 +214,10 @@ def render_vllm_unit(where: Path, collection_root: Path, env: dict[str, str], cw
     pb = where.with_suffix(".yml")
     pb.write_text(yaml.safe_dump(play))
     ev = where.with_suffix(".json")
-    ev.write_text(json.dumps({"toolkit_plan": plan, "ansible_facts": {"os_family": "Debian"}}))
+    # The plan through a lookup, as plan.yml hands one in (an extra var's FIM template would be parsed as Jinja).
+    where.with_suffix(".plan.json").write_text(json.dumps(plan))
+    lookup = f"{{{{ lookup('ansible.builtin.file', '{where.with_suffix('.plan.json')}') | from_json }}}}"
+    ev.write_text(json.dumps({"toolkit_plan": lookup, "ansible_facts": {"os_family": "Debian"}}))
     r = run([str(BIN / "ansible-playbook"), "-i", "localhost,", str(pb), "-e", f"@{ev}",
              "-e", f"ansible_python_interpreter={sys.executable}"], cwd, env)  # fmt: skip
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]

@@ -26,6 +26,7 @@ import httpx
 import pytest
 import yaml
 from conftest import CACHE, REPO, require
+from plan_contract import assert_valid_plan
 
 from toolkit.module_utils.gpu_plan import make_plan
 
@@ -53,21 +54,21 @@ cc = _filters()
 
 
 def plan_for(inventory: str, overrides: dict | None = None) -> dict:
-    return make_plan(json.loads((GPUS / f"{inventory}.json").read_text()), TIERS, overrides or {})
+    plan = make_plan(json.loads((GPUS / f"{inventory}.json").read_text()), TIERS, overrides or {})
+    assert_valid_plan(plan)
+    return plan
 
 
 def options(plan: dict, **over) -> dict:
-    """The role's defaults, as Python (defaults/main.yml derives the same from continue_client)."""
-    view = cc.client_view(plan, TIERS, "hermes")
+    """The role's defaults, as Python (defaults/main.yml takes the same from continue_client)."""
+    view = cc.client_view(plan)
     auto_ctx = view["autocomplete_context"]
     o = {
-        "chat_model": "chat", "chat_port": 8000, "chat_context": view["chat_context"],
+        "clients": view["clients"], "chat_context": view["chat_context"],
         "chat_max_tokens": min(4096, view["chat_context"] // 4), "chat_tools": view["chat_tools"],
-        "autocomplete_model": "autocomplete", "autocomplete_port": 8001, "autocomplete_context": auto_ctx,
-        "autocomplete_max_tokens": 256, "fim": view["fim"],
+        "autocomplete_context": auto_ctx, "autocomplete_max_tokens": 256, "fim": view["fim"],
         "autocomplete_options": {"debounceDelay": 250, "modelTimeout": 400,
                                  "maxPromptTokens": cc.autocomplete_budget(auto_ctx, 256, 1536)},
-        "embed_backend": plan["services"]["embed"]["backend"], "embed_model": "nomic-embed-text", "embed_port": 11434,
         "embed_max_chunk_size": view["embed_max_chunk_size"], "embed_max_batch_size": 32,
         "api_key": "", "ca_bundle_path": "",
     }  # fmt: skip
@@ -93,14 +94,18 @@ def test_plan_of_each_family_gives_its_fim_template_stops_and_served_contexts(
     inventory, overrides, chat_family, auto_family, template, chat_ctx, auto_ctx
 ):
     plan = plan_for(inventory, overrides)
-    view = cc.client_view(plan, TIERS, "hermes")
+    view = cc.client_view(plan)
     assert (view["chat_family"], view["autocomplete_family"]) == (chat_family, auto_family)
     assert view["fim"]["template"] == template
     assert view["fim"]["stop"] == TIERS["families"][auto_family]["fim"]["stop"]
     chat, auto, embed = cc.managed_models(options(plan))
     assert chat["defaultCompletionOptions"] == {"contextLength": chat_ctx, "maxTokens": min(4096, chat_ctx // 4)}
     assert chat["defaultCompletionOptions"]["contextLength"] == plan["services"]["chat"]["max_model_len"]
-    assert chat["capabilities"] == ["tool_use"]
+    # Tool use only where the chat server's argv has a parser (CodeLlama's family has none: vLLM would
+    # refuse Continue's tool_choice "auto", so Continue puts tools into the system message instead).
+    parser = TIERS["families"][chat_family].get("tool_call_parser")
+    assert chat.get("capabilities") == (["tool_use"] if parser else None)
+    assert ("--tool-call-parser" in plan["services"]["chat"]["args"]) is bool(parser)
     assert auto["promptTemplates"] == {"autocomplete": template}
     # vLLM refuses more than 4 stops; Continue cuts its list to maxStopWords (OpenAI.ts getMaxStopWords).
     assert auto["maxStopWords"] == chat["maxStopWords"] == 4
@@ -117,15 +122,14 @@ def test_plan_of_each_family_gives_its_fim_template_stops_and_served_contexts(
 
 def test_tools_follow_the_chat_servers_parser_and_a_short_context_shrinks_the_prompt_budget():
     plan = plan_for("rtx4090-24gb")
-    # The planner puts the family's parser into the chat server's argv; without it, no tools.
-    assert cc.client_view(plan, TIERS, "")["chat_tools"] is True
-    args = plan["services"]["chat"]["args"]
-    i = args.index("--tool-call-parser")
-    del args[i : i + 2]
-    args.remove("--enable-auto-tool-choice")
-    assert cc.client_view(plan, TIERS, "")["chat_tools"] is False
-    plan["services"]["chat"]["args"] += ["--tool-call-parser", "hermes"]
-    assert cc.client_view(plan, TIERS, "")["chat_tools"] is True
+    # The planner puts the family's parser into the chat server's argv and says so in the client
+    # view; turned off, neither the argv nor the client view has it.
+    assert "--tool-call-parser" in plan["services"]["chat"]["args"]
+    assert plan["services"]["chat"]["client"]["tools"] is True and cc.client_view(plan)["chat_tools"] is True
+    off = plan_for("rtx4090-24gb", {"chat": {"tool_call_parser": ""}})
+    assert "--tool-call-parser" not in off["services"]["chat"]["args"]
+    assert off["services"]["chat"]["client"]["tools"] is False and cc.client_view(off)["chat_tools"] is False
+    assert "capabilities" not in cc.managed_models(options(off))[0]
     chat = cc.managed_models(options(plan_for("rtx4090-24gb"), chat_tools=False))[0]
     assert "capabilities" not in chat
     # 2048 tokens served: 2048 - 256 - 41 = 1751, so the wanted 1536 stays; 1024 served: 1024 - 256 - 21.
@@ -140,9 +144,9 @@ def test_unknown_family_gives_no_template_and_a_short_embedder_gets_short_chunks
         "embed": {"backend": "vllm", "model": "/models/minilm", "dimensions": 384},
     }
     plan = plan_for("no-gpu", overrides)
-    view = cc.client_view(plan, TIERS, "hermes")
+    view = cc.client_view(plan)
     assert view["fim"] is None and view["autocomplete_context"] == 2048
-    auto = cc.managed_models(options(plan, embed_model="embed"))[1]
+    auto = cc.managed_models(options(plan))[1]
     assert "promptTemplates" not in auto and "stop" not in auto["defaultCompletionOptions"]
     # An embedder the catalogue does not know is taken as a 512-token BERT: 4/5 of it.
     assert view["embed_max_chunk_size"] == 409
@@ -269,12 +273,15 @@ def _run_role_tasks(tmp_path: Path, home: Path, extra: dict) -> subprocess.Compl
     pb.write_text(
         yaml.safe_dump([{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}])
     )
+    if "toolkit_plan" in extra:
+        # As plays/plan.yml hands a plan in: through a lookup, whose text is never templated (the
+        # client view's FIM template is Handlebars; as an extra var Jinja would parse its braces).
+        (tmp_path / "plan.json").write_text(json.dumps(extra["toolkit_plan"]))
+        extra = dict(extra, toolkit_plan="{{ lookup('file', '%s') | from_json }}" % (tmp_path / "plan.json"))
     ev = tmp_path / "extra.json"
     ev.write_text(json.dumps({
         "ansible_python_interpreter": sys.executable, "continue_user": user, "continue_gid": gid,
         "continue_home": str(home),
-        # As the role's default reads it: a lookup's text is data, never templated (the FIM template's braces).
-        "continue_catalogue": "{{ lookup('file', '%s') | from_yaml }}" % (REPO / "toolkit/data/tiers.yaml"),
         "continue_config_validator": str(CONFIG_YAML_PKG),
         **extra}))  # fmt: skip
     env = dict(
@@ -312,6 +319,16 @@ def test_role_converges_the_files_of_a_developer_who_ran_continue_before_and_is_
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert "dropped hub blocks (fetched from api.continue.dev): models: uses anthropic/claude-4-sonnet" in r.stdout
     cfg = yaml.safe_load((home / ".continue/config.yaml").read_text())
+    # config.yaml's managed models are the plan's client view, field for field.
+    clients = [plan["services"][n]["client"] for n in ("chat", "autocomplete", "embed")]
+    assert [(m["provider"], m["model"], m["apiBase"], m["roles"]) for m in cfg["models"][:3]] == [
+        (c["provider"], c["model"], c["api_base"], c["roles"]) for c in clients
+    ]
+    assert [m.get("defaultCompletionOptions", {}).get("contextLength") for m in cfg["models"][:2]] == [
+        c["context_length"] for c in clients[:2]
+    ]
+    assert cfg["models"][1]["promptTemplates"]["autocomplete"] == clients[1]["fim"]["template"]
+    assert cfg["models"][1]["defaultCompletionOptions"]["stop"] == clients[1]["fim"]["stop"][:4]
     names = [m["name"] for m in cfg["models"]]
     assert names == [
         "Local chat (chat)",
@@ -523,7 +540,8 @@ def test_audit_reads_the_served_context_as_systemd_does_a_drop_in_exec_start_inc
 
 
 def test_a_served_reranker_becomes_a_rerank_model_and_makes_reranking_consistent():
-    tree_free = cc.managed_models(options(plan_for("rtx4090-24gb"), rerank_model="rerank", rerank_port=8002))
+    plan = plan_for("4x-h100-80gb", {"rerank": {"model": "bge-reranker-base"}})
+    tree_free = cc.managed_models(options(plan))
     assert tree_free[3] == {
         "name": "Local rerank (rerank)", "provider": "vllm", "model": "rerank", "apiBase": "http://127.0.0.1:8002/v1",
         "roles": ["rerank"]}  # fmt: skip
@@ -550,8 +568,8 @@ def test_a_reranker_is_planned_only_on_a_gpu_with_room_and_then_continue_reranks
     # GPU 2 serves the reranker now: only GPU 3 is left idle, and the plan says so.
     idle = [r for r in plan["reasons"] if " unused: " in r]
     assert [r.split(" unused")[0] for r in idle] == ["GPU(s) 3"], plan["reasons"]
-    view = cc.client_view(plan, TIERS, "hermes")
-    models = cc.managed_models(options(plan, rerank_model=svc["served_model_name"], rerank_port=svc["port"]))
+    view = cc.client_view(plan)
+    models = cc.managed_models(options(plan))
     assert models[3] == {"name": "Local rerank (rerank)", "provider": "vllm", "model": "rerank",
                          "apiBase": "http://127.0.0.1:8002/v1", "roles": ["rerank"]}  # fmt: skip
     cfg = cc.merge_config(

@@ -331,6 +331,19 @@ def test_gpu_facts_module_plans_a_recorded_inventory():
     assert_plan_schema(plan)  # the module's plan is the same contract as the CLI's
 
 
+def test_gpu_facts_module_plans_the_service_users_it_is_handed():
+    """plan.yml hands the inventory's vllm_user to the module (users): the plan's servers and guard follow."""
+    rc, res = run_module(
+        {"tiers": TIERS_ARG, "gpus": "{{ lookup('file', 'tests/data/gpus/no-gpu.json') | from_json }}",
+         "users": {"vllm": "svc-llm"}}
+    )  # fmt: skip
+    assert rc == 0, res
+    plan = res["ansible_facts"]["toolkit_plan"]
+    assert plan["users"] == {"vllm": "svc-llm", "ollama": "ollama"}
+    assert plan["guard"]["users"] == ["svc-llm", "ollama"] and plan["services"]["chat"]["user"] == "svc-llm"
+    assert_plan_schema(plan)
+
+
 def test_gpu_facts_module_detects_this_host_and_plans_cpu_tier():
     rc, res = run_module({"tiers": TIERS_ARG})
     assert rc == 0, res

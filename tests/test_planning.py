@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from plan_contract import assert_valid_plan
 
+from toolkit.module_utils import gpu_plan
 from toolkit.module_utils.gpu_plan import (
     GIB,
     PlanError,
@@ -21,7 +23,6 @@ from toolkit.module_utils.gpu_plan import (
     cuda_graph_gib,
     kv_bytes_per_token,
     kv_gib,
-    make_plan,
     sampler_gib,
     tp_sizes,
     weights_gib,
@@ -32,6 +33,13 @@ DATA = Path(__file__).parent / "data" / "gpus"
 TIERS = yaml.safe_load((Path(__file__).parent.parent / "toolkit" / "data" / "tiers.yaml").read_text())
 LIMITS = TIERS["limits"]
 CALIBRATION = yaml.safe_load((Path(__file__).parent / "data" / "vllm_startup_logs.yaml").read_text())["logs"]
+
+
+def make_plan(facts: dict, table: dict, overrides: dict | None = None, users: dict | None = None) -> dict:
+    """The planner, every plan it makes here checked against plan.schema.json (plan v2)."""
+    plan = gpu_plan.make_plan(facts, table, overrides, users)
+    assert_valid_plan(plan)
+    return plan
 
 
 def facts_for(name: str) -> dict:
@@ -495,6 +503,25 @@ def test_plan_for_cpu_only_machine_is_cpu_tier_not_an_error():
         "dimensions": 768,
         "port": 11434,
         "served_model_name": "embed",
+        # Plan v2: the ollama role's unit, user and readiness, and what Continue writes for it.
+        "server": "ollama",
+        "unit": "ollama.service",
+        "user": "ollama",
+        "host": "127.0.0.1",
+        "health_path": "/api/version",
+        "client": {
+            "provider": "ollama",
+            "api_base": "http://127.0.0.1:11434",
+            "roles": ["embed"],
+            "model": "nomic-embed-text",
+            "context_length": 8192,
+            "dimensions": 768,
+        },
+    }
+    assert p["users"] == {"vllm": "vllm", "ollama": "ollama"}
+    assert p["guard"] == {
+        "users": ["vllm", "ollama"],
+        "units": ["vllm-chat.service", "vllm-autocomplete.service", "ollama.service"],
     }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, require_binary
+from plan_contract import assert_valid_plan, plan_lookup
 
 from toolkit.module_utils.gpu_plan import make_plan
 
@@ -24,6 +25,8 @@ def run_playbook(tmp_path: Path, tasks: list, extra: dict) -> subprocess.Complet
     play = [{"hosts": "localhost", "connection": "local", "gather_facts": False, "tasks": tasks}]
     pb = tmp_path / "play.yml"
     pb.write_text(yaml.safe_dump(play))
+    if isinstance(extra.get("toolkit_plan"), dict):
+        extra = dict(extra, toolkit_plan=plan_lookup(tmp_path, extra["toolkit_plan"]))
     ev = tmp_path / "extra.json"
     ev.write_text(json.dumps({"ansible_python_interpreter": sys.executable, **extra}))
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO / "roles"), ANSIBLE_NOCOLOR="1")
@@ -101,16 +104,76 @@ def systemd_words(line: str) -> list[str]:
     return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line.split("=", 1)[1])]
 
 
-@pytest.mark.parametrize("inv", ["rtx4090-24gb", "no-gpu"])
-def test_unit_exec_start_is_exactly_the_plan_argv(tmp_path, inv):
-    """The unit is the plan: ExecStart = the venv's bin/ + the plan's argv, with nothing added."""
+def unit_env(unit: str) -> dict[str, str]:
+    """The Environment= lines of a unit as systemd reads them."""
+    import shlex
+
+    pairs = [shlex.split(line.split("=", 1)[1])[0] for line in unit.splitlines() if line.startswith("Environment=")]
+    return dict(p.replace("%%", "%").split("=", 1) for p in pairs)
+
+
+@pytest.mark.parametrize(
+    ("inv", "overrides"),
+    [("rtx4090-24gb", {}), ("no-gpu", {}), ("4x-h100-80gb", {"rerank": {"model": "bge-reranker-base"},
+                                                              "embed": {"backend": "vllm"}})],
+    ids=["24gb", "cpu", "4-gpus-rerank-vllm-embed"],
+)  # fmt: skip
+def test_unit_exec_start_is_exactly_the_plan_argv(tmp_path, inv, overrides):
+    """The unit is the plan: one unit per service whose server is vllm, named as the plan names it,
+    running as its user; ExecStart = the venv's bin/ + the plan's argv and Environment= = the plan's
+    env (plus HOME and HF_HOME, the role's paths), nothing added; ordered after the plan's start_after."""
     facts = json.loads((REPO / f"tests/data/gpus/{inv}.json").read_text())
-    plan = make_plan(facts, TIERS, {})
+    plan = make_plan(facts, TIERS, overrides)
+    assert_valid_plan(plan)
     units = render_vllm_units(tmp_path, plan)
-    for name in plan["start_order"]:
-        argv = plan["services"][name]["argv"]
-        words = systemd_words(exec_start(units[f"vllm-{name}"]))
-        assert words == [f"/opt/vllm/venv/bin/{argv[0]}", *argv[1:]], name
+    served = {n: s for n, s in plan["services"].items() if s.get("server") == "vllm"}
+    assert sorted(f"{u}.service" for u in units) == sorted(s["unit"] for s in served.values())
+    assert set(served) == set(plan["start_order"])
+    for name, s in served.items():
+        unit = units[s["unit"].removesuffix(".service")]
+        lines = unit.splitlines()
+        words = systemd_words(exec_start(unit))
+        assert words == [f"/opt/vllm/venv/bin/{s['argv'][0]}", *s["argv"][1:]], name
+        assert words[words.index("--host") + 1] == s["host"] == "127.0.0.1"
+        assert words[words.index("--port") + 1] == str(s["port"])
+        assert f"User={s['user']}" in lines, name
+        assert unit_env(unit) == {**s["env"], "HOME": "/var/lib/vllm", "HF_HOME": "/var/lib/toolkit/hf"}, name
+        after = plan["services"][s["start_after"]]["unit"] if s.get("start_after") else None
+        assert f"After=network-online.target{' ' + after if after else ''}" in lines, name
+        # The unit is active once the plan's health path answers on the plan's port.
+        assert s["health_path"] == "/health"
+        assert any(x.startswith("ExecStartPost=") and x.endswith(f"vllm-wait-health {s['port']} 900") for x in lines)
+    assert plan["guard"]["units"] == [s["unit"] for s in plan["services"].values() if s.get("server")]
+
+
+def test_a_renamed_vllm_user_runs_the_units_and_a_plan_for_another_user_is_refused(tmp_path):
+    """vllm_user enters the plan once (plan.yml hands it to the planner as users.vllm); the role
+    reads it back. A plan made for another user than the inventory's vllm_user is refused."""
+    facts = json.loads((REPO / "tests/data/gpus/no-gpu.json").read_text())
+    plan = make_plan(facts, TIERS, {}, {"vllm": "svc-llm"})
+    assert_valid_plan(plan)
+    assert plan["users"] == {"vllm": "svc-llm", "ollama": "ollama"}
+    assert plan["guard"]["users"] == ["svc-llm", "ollama"]
+    assert {s["user"] for s in plan["services"].values() if s.get("server") == "vllm"} == {"svc-llm"}
+    (tmp_path / "renamed").mkdir()
+    (tmp_path / "other").mkdir()
+    units = render_vllm_units(tmp_path / "renamed", plan)
+    assert all("User=svc-llm" in u.splitlines() for u in units.values()) and len(units) == 2
+    out = render_refused(tmp_path / "other", "vllm", "vllm.service.j2", {"toolkit_plan": plan, "vllm_user": "vllm"})
+    assert "plan service chat: unit vllm-chat.service (the role writes vllm-chat.service), user svc-llm " \
+           "(vllm_user is vllm): re-plan with the same vllm_user" in out, out[-2000:]  # fmt: skip
+
+
+def test_no_role_default_holds_a_service_port():
+    """The ports' one home is tiers.yaml, through the plan: no role default repeats 8000, 8001 or 11434."""
+    import re
+
+    hits = [f"{p.relative_to(REPO)}:{i}: {line.strip()}"
+            for p in sorted(REPO.glob("roles/*/defaults/*.yml"))
+            for i, line in enumerate(p.read_text().splitlines(), 1)
+            if re.search(r"(?<![0-9])(8000|8001|8002|11434)(?![0-9])", line)]  # fmt: skip
+    assert hits == []
+    assert (TIERS["ports"]["chat"], TIERS["ports"]["autocomplete"], TIERS["ports"]["embed"]) == (8000, 8001, 11434)
 
 
 def test_second_server_on_a_shared_gpu_is_ordered_after_the_first(tmp_path):
@@ -237,6 +300,7 @@ def test_systemd_specifiers_and_quotes_in_arguments_are_escaped(tmp_path):
         "runtime": "cpu",
         "services": {
             "chat": {
+                "server": "vllm",
                 "port": 8000,
                 "served_model_name": "chat",
                 "args": ["--model", "/models/it's 100%", "--host", "127.0.0.1", "--port", "8000", "--x", "$HOME"],
@@ -251,7 +315,7 @@ CHAT_ARGS = ["--model", "/models/tiny", "--host", "127.0.0.1", "--port", "8000"]
 
 
 def _chat_plan(args: object = None, port: object = 8000, env: object = None) -> dict:
-    svc = {"port": port, "served_model_name": "chat", "args": CHAT_ARGS if args is None else args}
+    svc = {"server": "vllm", "port": port, "served_model_name": "chat", "args": CHAT_ARGS if args is None else args}
     if env is not None:
         svc["env"] = env
     return {"runtime": "cpu", "services": {"chat": svc}}
@@ -326,7 +390,9 @@ def test_vllm_role_refuses_hostile_values_before_writing_a_unit(tmp_path, extra,
     ],
 )
 def test_ollama_role_refuses_hostile_values_before_writing_its_unit(tmp_path, extra, named):
-    extra = {"ollama_archive_sha256": "0" * 64, **extra}
+    # The port's one home is the plan (tiers.yaml ports.embed): a plan's embed service, as the planner makes it.
+    plan = make_plan(json.loads((REPO / "tests/data/gpus/no-gpu.json").read_text()), TIERS, {})
+    extra = {"ollama_archive_sha256": "0" * 64, "toolkit_plan": plan, **extra}
     out = render_refused(tmp_path, "ollama", "ollama.service.j2", extra)
     assert named in out, out[-2000:]
 

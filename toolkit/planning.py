@@ -61,8 +61,9 @@ def load_gpu_inventory(path: Path) -> dict:
     return data
 
 
-def overrides_from_inventory(inventory: Path, host: str) -> dict:
-    """`toolkit_plan_overrides` for one host, with Ansible's own group/host variable precedence."""
+def inventory_inputs(inventory: Path, host: str) -> tuple[dict, dict]:
+    """(toolkit_plan_overrides, users) of one host: what playbooks/plan.yml hands the planner, read
+    with Ansible's own group/host variable precedence (users: its vllm_user / ollama_user)."""
     from ansible.errors import AnsibleError
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
@@ -86,12 +87,14 @@ def overrides_from_inventory(inventory: Path, host: str) -> dict:
     ov = hv.get("toolkit_plan_overrides", {}) or {}
     if not isinstance(ov, dict):
         raise UsageError(f"toolkit_plan_overrides for {host} must be a mapping")
-    return json.loads(json.dumps(ov, default=str))  # plain types, no Ansible wrappers
+    users = {k: hv[f"{k}_user"] for k in ("vllm", "ollama") if f"{k}_user" in hv}
+    # plain types, no Ansible wrappers
+    return json.loads(json.dumps(ov, default=str)), json.loads(json.dumps(users, default=str))
 
 
-def plan(facts: dict, overrides: dict | None = None) -> dict:
+def plan(facts: dict, overrides: dict | None = None, users: dict | None = None) -> dict:
     try:
-        return make_plan(facts, load_tiers(), overrides or {})
+        return make_plan(facts, load_tiers(), overrides or {}, users or None)
     except UnsupportedGPU as err:
         raise EnvironmentProblem(f"not supported: {err}") from None
     except PlanError as err:

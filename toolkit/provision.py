@@ -389,7 +389,10 @@ def provision(
         diff=diff,
         forks=forks,
         on_change=on_change,
-        extravars={"toolkit_shown_plans": plans},  # the plans shown are the plans applied
+        # The plans shown are the plans applied: plan.yml reads each host's plans/HOST.json. A file,
+        # not extra vars: Ansible templates extra vars, and a plan's FIM template ({{{prefix}}}) is
+        # Continue's Handlebars, which Jinja would refuse; a lookup's text is never templated.
+        extravars={"toolkit_shown_plans_dir": str(run_dir / "plans")},
     )
     seconds = {"plan": t1 - t0, "converge": time.monotonic() - t2}
     result = RunResult(run_dir, r.rc, r.status, tracker.hosts, plans, seconds)

@@ -66,39 +66,32 @@ class ContinueConfigError(Exception):
     pass
 
 
-def _family_of(svc: dict, plan: dict, catalogue: dict) -> str | None:
-    if svc.get("family"):
-        return svc["family"]
-    if svc.get("shared_with"):
-        svc = plan.get("services", {}).get(svc["shared_with"], {})
-        if svc.get("family"):
-            return svc["family"]
-    key = svc.get("model_key")
-    return (catalogue.get("models", {}).get(key) or {}).get("family") if key else None
-
-
-def client_view(plan: dict, catalogue: dict, chat_tool_parser: str = "") -> dict:
-    """What Continue needs to know about the served models, from the plan and the catalogue."""
-    services = plan.get("services", {})
-    chat, auto, embed = services.get("chat", {}), services.get("autocomplete", {}), services.get("embed", {})
-    families = catalogue.get("families", {})
-    chat_family, auto_family = _family_of(chat, plan, catalogue), _family_of(auto, plan, catalogue)
-    fim = (families.get(auto_family) or {}).get("fim") if auto_family else None
-    args = chat.get("args", [])
-    parser = args[args.index("--tool-call-parser") + 1] if "--tool-call-parser" in args[:-1] else chat_tool_parser
-    backend = embed.get("backend", "ollama")
-    known = catalogue.get("embedding_backends", {}).get(backend, {})
-    embed_context = embed.get("max_model_len") or (known.get("context") if embed.get("model") == known.get("model")
-                                                   else 512)  # fmt: skip
+def client_view(plan: dict) -> dict:
+    """The plan's client view of each served model (services.*.client, made by the planner: provider,
+    api_base, roles, model, context_length, family, tools, fim, dimensions), read as it is, plus the
+    numbers the role's defaults take from it. Nothing here re-derives a port or a template."""
+    services = (plan or {}).get("services") or {}
+    missing = [
+        n for n in ("chat", "autocomplete", "embed") if not isinstance((services.get(n) or {}).get("client"), dict)
+    ]
+    if missing:
+        raise ContinueConfigError(
+            f"the plan has no client view for {', '.join(missing)} (services.<name>.client of plan v2: "
+            f"make the plan with `toolkit plan --json` or the gpu_facts module)"
+        )
+    clients = {n: s["client"] for n, s in services.items() if isinstance((s or {}).get("client"), dict)}
+    chat, auto, embed = clients["chat"], clients["autocomplete"], clients["embed"]
     return {
-        "chat_family": chat_family,
-        "chat_context": int(chat.get("max_model_len") or 0),
-        "chat_tools": bool(parser),
-        "autocomplete_family": auto_family,
-        "autocomplete_context": int(auto.get("max_model_len") or 0),
-        "fim": fim,
-        "embed_context": int(embed_context),
-        "embed_max_chunk_size": min(MAX_CHUNK, int(embed_context) * 4 // 5),
+        "clients": clients,
+        "chat_family": chat.get("family"),
+        "chat_context": int(chat["context_length"]),
+        "chat_tools": bool(chat.get("tools")),
+        "autocomplete_family": auto.get("family"),
+        "autocomplete_context": int(auto["context_length"]),
+        "fim": auto.get("fim"),
+        "embed_context": int(embed["context_length"]),
+        "embed_dimensions": int(embed.get("dimensions") or 0),
+        "embed_max_chunk_size": min(MAX_CHUNK, int(embed["context_length"]) * 4 // 5),
     }
 
 
@@ -108,48 +101,51 @@ def autocomplete_budget(context: int, max_tokens: int, wanted_prompt: int) -> in
     return max(0, min(wanted_prompt, context - max_tokens - safety))
 
 
+def _entry(label: str, client: dict, common: dict) -> dict:
+    """One config.yaml model from the plan's client view: provider, model, apiBase and roles as they are."""
+    m = {
+        "name": f"Local {label} ({client['model']})", "provider": client["provider"], "model": client["model"],
+        "apiBase": client["api_base"], "roles": list(client["roles"]),
+    }  # fmt: skip
+    if client["provider"] == "vllm":
+        m.update(common)
+    elif "requestOptions" in common:
+        m["requestOptions"] = common["requestOptions"]  # Ollama takes no API key
+    return m
+
+
 def managed_models(o: dict) -> list[dict]:
-    """The three models the toolkit serves, as config.yaml v1 (packages/config-yaml models.ts) writes them."""
+    """The models the toolkit serves, as config.yaml v1 (packages/config-yaml models.ts) writes them:
+    o["clients"] is the plan's client view (client_view()["clients"]); the rest are the role's knobs."""
+    clients = o["clients"]
     common = {}
     if o.get("api_key"):
         common["apiKey"] = o["api_key"]
     if o.get("ca_bundle_path"):
         common["requestOptions"] = {"caBundlePath": o["ca_bundle_path"]}
-    chat = {
-        "name": f"Local chat ({o['chat_model']})", "provider": "vllm", "model": o["chat_model"],
-        "apiBase": f"http://127.0.0.1:{o['chat_port']}/v1", "roles": ["chat", "edit", "apply"],
-        **common, "maxStopWords": VLLM_MAX_STOP_WORDS,
-        "defaultCompletionOptions": {"contextLength": int(o["chat_context"]), "maxTokens": int(o["chat_max_tokens"])},
-    }  # fmt: skip
+    chat = _entry("chat", clients["chat"], common)
+    chat["maxStopWords"] = VLLM_MAX_STOP_WORDS
+    chat["defaultCompletionOptions"] = {"contextLength": int(o["chat_context"]), "maxTokens": int(o["chat_max_tokens"])}
     if o.get("chat_tools"):
         chat["capabilities"] = ["tool_use"]
     auto_opts = {"contextLength": int(o["autocomplete_context"]), "maxTokens": int(o["autocomplete_max_tokens"])}
-    auto = {
-        "name": f"Local autocomplete ({o['autocomplete_model']})", "provider": "vllm",
-        "model": o["autocomplete_model"], "apiBase": f"http://127.0.0.1:{o['autocomplete_port']}/v1",
-        "roles": ["autocomplete"], **common, "maxStopWords": VLLM_MAX_STOP_WORDS,
-    }  # fmt: skip
+    auto = _entry("autocomplete", clients["autocomplete"], common)
+    auto["maxStopWords"] = VLLM_MAX_STOP_WORDS
     fim = o.get("fim")
     if fim:
         auto["promptTemplates"] = {"autocomplete": fim["template"]}
         auto_opts["stop"] = list(fim["stop"])[:VLLM_MAX_STOP_WORDS]
     auto["defaultCompletionOptions"] = auto_opts
     auto["autocompleteOptions"] = dict(o["autocomplete_options"])
-    embed_opts = {"maxChunkSize": int(o["embed_max_chunk_size"]), "maxBatchSize": int(o["embed_max_batch_size"])}
-    if o["embed_backend"] == "vllm":
-        embed = {"name": f"Local embeddings ({o['embed_model']})", "provider": "vllm", "model": o["embed_model"],
-                 "apiBase": f"http://127.0.0.1:{o['embed_port']}/v1", "roles": ["embed"], **common}  # fmt: skip
-    else:
-        embed = {"name": f"Local embeddings ({o['embed_model']})", "provider": "ollama", "model": o["embed_model"],
-                 "apiBase": f"http://127.0.0.1:{o['embed_port']}", "roles": ["embed"]}  # fmt: skip
-        if o.get("ca_bundle_path"):
-            embed["requestOptions"] = common["requestOptions"]
-    embed["embedOptions"] = embed_opts
+    embed = _entry("embeddings", clients["embed"], common)
+    embed["embedOptions"] = {
+        "maxChunkSize": int(o["embed_max_chunk_size"]),
+        "maxBatchSize": int(o["embed_max_batch_size"]),
+    }
     models = [chat, auto, embed]
-    if o.get("rerank_model"):
+    if clients.get("rerank"):
         # Vllm.rerank posts to the OpenAI adapter's /rerank (vLLM serves cross-encoders there).
-        models.append({"name": f"Local rerank ({o['rerank_model']})", "provider": "vllm", "model": o["rerank_model"],
-                       "apiBase": f"http://127.0.0.1:{o['rerank_port']}/v1", "roles": ["rerank"], **common})  # fmt: skip
+        models.append(_entry("rerank", clients["rerank"], common))
     return models
 
 

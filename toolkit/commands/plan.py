@@ -48,11 +48,12 @@ def plan_cmd(
         raise typer.BadParameter("--inventory and --host go together")
     facts = planning.load_gpu_inventory(gpus) if gpus else detection.detect()
     ov: dict = {}
+    users: dict = {}
     if inventory:
-        ov = planning.overrides_from_inventory(inventory, host)
+        ov, users = planning.inventory_inputs(inventory, host)
     if overrides:
         ov = planning._load_mapping(overrides, "overrides file")
-    result = planning.plan(facts, ov)
+    result = planning.plan(facts, ov, users)
     if as_json:
         print(json.dumps(result, indent=2))
         return
@@ -99,9 +100,33 @@ def plan_cmd(
         s = result["services"][name]
         env = " ".join(f"{k}={shlex.quote(v)}" for k, v in sorted(s.get("env", {}).items()))
         after = f"  (starts after {s['start_after']} answers /health)" if s.get("start_after") else ""
-        console.print(f"  {name}:{after}", highlight=False)
+        console.print(
+            f"  {name}: {s['unit']} as {s['user']} on {s['host']}:{s['port']}, ready at {s['health_path']}{after}",
+            highlight=False,
+        )
         console.print(f"    env: {env}", soft_wrap=True, highlight=False)
         console.print(f"    {shlex.join(s['argv'])}", soft_wrap=True, highlight=False)
+    for name, s in result["services"].items():
+        if s.get("server") and name not in result.get("start_order", []):
+            console.print(
+                f"  {name}: {s['unit']} as {s['user']} on {s['host']}:{s['port']} ({s['server']} role), "
+                f"ready at {s['health_path']}",
+                highlight=False,
+            )
+    console.print("[bold]Continue[/bold] (config.yaml models, written by the continue role from these fields)")
+    for name, s in result["services"].items():
+        c = s["client"]
+        extra = f", FIM template of {c['family']}" if c.get("fim") else ""
+        extra += ", tool use" if c.get("tools") else ""
+        console.print(
+            f"  {name}: {c['provider']} {c['model']} at {c['api_base']}, roles {', '.join(c['roles'])}, "
+            f"context {c['context_length']}{extra}",
+            highlight=False,
+        )
+    g = result["guard"]
+    console.print(
+        f"[bold]Egress guard[/bold]: users {', '.join(g['users'])}; units {', '.join(g['units'])}", highlight=False
+    )
 
 
 def register(app: typer.Typer) -> None:
