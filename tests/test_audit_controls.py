@@ -38,7 +38,10 @@ def test_recorded_kernel_drops_make_capture_inconclusive_and_egress_unproven():
     assert unavailable == {"CAPTURE-001": "inconclusive", "EGRESS-001": "inconclusive", "LINK-001": "info"}
 
 
-def test_registry_refuses_conflicting_redefinition_and_unknown_severity():
+def test_registry_refuses_conflicting_redefinition_and_unknown_severity(monkeypatch):
+    # On a copy of the registry: the test control must not outlive the test (docs/audit.md's
+    # table is generated from the registry, and its test runs in the same process).
+    monkeypatch.setattr(controls, "_REGISTRY", dict(controls._REGISTRY))
     controls.register(Control("TEST-901", "a test control", "low"))
     controls.register(Control("TEST-901", "a test control", "low"))  # same content: fine
     with pytest.raises(ValueError, match="already registered"):
