@@ -99,6 +99,7 @@ def test_container_mode_unit_is_read_after_the_image_with_its_host_paths(tmp_pat
         "runtime": "cpu",
         "services": {
             "chat": {
+                "server": "vllm",
                 "port": 8000,
                 "served_model_name": "chat",
                 "model": MINILM_REPO,

@@ -196,6 +196,7 @@ def test_container_unit_under_systemd_runs_as_vllm_serves_on_loopback_scores_and
     # A second server of the same user, started after the first (as a shared GPU orders them): its
     # podman must not need the first unit's user namespace.
     plan["services"]["autocomplete"] = {
+        "server": "vllm",
         "port": 8001,
         "served_model_name": "autocomplete",
         "args": [*CHAT_ARGS[:-1], "8001"],
