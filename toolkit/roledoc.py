@@ -127,7 +127,7 @@ def _dump(value, indent: int) -> list[str]:
     from ruamel.yaml import YAML
 
     y = YAML()
-    y.width = 150
+    y.width = 120  # ruamel breaks only at a space past the width: leave room under yamllint's 160
     y.indent(mapping=2, sequence=4, offset=2)
     buf = io.StringIO()
     y.dump(value, buf)
