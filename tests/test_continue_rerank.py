@@ -89,8 +89,10 @@ def reranker():
 def test_continue_vllm_rerank_call_on_the_roles_rerank_model_gets_the_cross_encoders_scores(reranker):
     server, model, key = reranker
     # The role's rerank model entry for a plan that serves a reranker on this port.
-    entry = cc.managed_models(options(plan_for("rtx4090-24gb"), rerank_model="rerank", rerank_port=server.port,
-                                      api_key=key))[3]  # fmt: skip
+    # Plan v2: the entry comes from the plan's client view; only its port is this test server's.
+    o = options(plan_for("4x-h100-80gb", {"rerank": {"model": "bge-reranker-base"}}), api_key=key)
+    o["clients"]["rerank"] = dict(o["clients"]["rerank"], api_base=f"http://127.0.0.1:{server.port}/v1")
+    entry = cc.managed_models(o)[3]
     assert (entry["provider"], entry["model"], entry["roles"]) == ("vllm", "rerank", ["rerank"])
     assert entry["apiBase"] == f"http://127.0.0.1:{server.port}/v1" and entry["apiKey"] == key
     # As Continue builds the call: apiBase with a trailing "/" (BaseLLM), new URL("rerank", apiBase).
