@@ -20,6 +20,8 @@ from pathlib import Path
 
 import yaml
 
+from toolkit import files
+
 ROOT = Path(__file__).resolve().parent.parent
 ROLES = ROOT / "roles"
 SCHEMA = ROOT / "toolkit" / "data" / "plan.schema.json"
@@ -311,7 +313,7 @@ def main() -> int:
     for path, text in render_all().items():
         old = path.read_text()
         if old != text:
-            path.write_text(text)
+            files.write_atomic(path, text)
         print(f"{path.relative_to(ROOT)}: {'rewritten' if old != text else 'already current'}")
     return 0
 

@@ -12,6 +12,7 @@ import re
 import sys
 from pathlib import Path
 
+from toolkit import files
 from toolkit.audit.controls import Control
 
 ROOT = Path(__file__).resolve().parent.parent.parent
@@ -81,7 +82,7 @@ def main() -> int:
     text = DOC.read_text()
     new = rewrite(text)
     if new != text:
-        DOC.write_text(new)
+        files.write_atomic(DOC, new)
     print(f"docs/audit.md: controls table {'rewritten' if new != text else 'already current'}")
     return 0
 
