@@ -295,6 +295,13 @@ def test_vllm_role_refuses_docker_for_the_container_method(tmp_path):
     assert "vllm_container_runtime podman (got docker)" in out, out[-2000:]
 
 
+def test_hand_written_args_are_served_as_written(tmp_path):
+    """A plan with args and no argv: the OpenAI server module in front, and not one flag of the role's
+    own (the tool parser and histogram buckets are the planner's, from tiers.yaml)."""
+    line = exec_start(render_vllm_units(tmp_path, _chat_plan())["vllm-chat"])
+    assert systemd_words(line) == ["/opt/vllm/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server", *CHAT_ARGS]
+
+
 def test_systemd_specifiers_and_quotes_in_arguments_are_escaped(tmp_path):
     plan = {
         "runtime": "cpu",
@@ -367,6 +374,30 @@ def render_refused(tmp_path: Path, role: str, template: str, extra: dict) -> str
         ({"toolkit_plan": _chat_plan(port=-5)}, "1-65535, not -5"),
         ({"toolkit_plan": _chat_plan(port=99999)}, "1-65535, not 99999"),
         ({"toolkit_plan": _chat_plan(port=True)}, "1-65535, not True"),
+        # plan v2 gives every service a server: one without would be left out of vllm_services unseen.
+        (
+            {"toolkit_plan": {"runtime": "cpu", "services": {"chat": {"port": 8000, "args": CHAT_ARGS}}}},
+            "plan service chat has server (none)",
+        ),
+        (
+            {
+                "toolkit_plan": {
+                    "runtime": "cpu",
+                    "services": {"chat": {**_chat_plan()["services"]["chat"], "server": "tgi"}},
+                }
+            },
+            "plan service chat has server tgi",
+        ),
+        # The venv unit runs argv, the container unit args: a plan where they differ is refused.
+        (
+            {
+                "toolkit_plan": {
+                    "runtime": "cpu",
+                    "services": {"chat": {**_chat_plan()["services"]["chat"], "argv": ["vllm", "serve", "/other"]}},
+                }
+            },
+            "does not end with its args",
+        ),
         ({"vllm_home": "/var/lib/vllm\nExecStartPre=/bin/id"}, "vllm_home"),
         ({"vllm_user": "vllm;id"}, "vllm_user"),
     ],
