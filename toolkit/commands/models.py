@@ -11,7 +11,8 @@ from rich.console import Console
 
 from toolkit.errors import CheckFailed, UsageError
 from toolkit.models import lockfile
-from toolkit.module_utils.model_verify import LockError, VerifyReport, default_workers, resolve_targets, verify_models
+from toolkit.module_utils.model_lock import LockError
+from toolkit.module_utils.model_verify import VerifyReport, default_workers, resolve_targets, verify_models
 
 models_app = typer.Typer(
     help="Verified model weights: lock a hub revision to file hashes, pull it into a mirror, verify offline.\n\n"
