@@ -7,7 +7,6 @@ from __future__ import annotations
 import re
 
 GIB = 1024**3
-
 SERVICE_KEYS = {
     "model",
     "revision",
@@ -26,7 +25,6 @@ SERVICE_KEYS = {
     "tensor_parallel_size",
     "tool_call_parser",
 }
-
 OVERRIDE_KEYS = {
     "gpu_memory_utilization",
     "chat",
@@ -37,13 +35,9 @@ OVERRIDE_KEYS = {
     "allow_noncommercial",
     "rerank",
 }
-
 EMBED_KEYS = {"backend", "model", "dimensions", "port", "revision"}
-
 RERANK_KEYS = {"model", "port"}
-
 CC_RE = re.compile(r"\d{1,2}\.\d{1,2}")
-
 USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 
 
@@ -171,7 +165,7 @@ def pinned_model(role: str, ov: dict, table: dict) -> tuple[str | None, dict]:
 def plan_users(table: dict, users: dict | None) -> dict:
     """The accounts the servers run as: tiers.yaml service_users, then the inventory's vllm_user /
     ollama_user (handed in by playbooks/plan.yml). This is where a renamed user enters the plan."""
-    out = dict(table.get("service_users") or {"vllm": "vllm", "ollama": "ollama"})
+    out = dict(table["service_users"])
     if users is None:
         return out
     if not isinstance(users, dict) or set(users) - set(out):
