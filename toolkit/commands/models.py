@@ -152,6 +152,10 @@ def _planned(plans: list[Path], inventory: Path | None) -> dict[str, str | None]
             loaded.append(json.loads(p.read_text(encoding="utf-8")))
         except (OSError, ValueError) as err:
             raise UsageError(f"{p}: not a readable plan (`toolkit plan --json`): {err}") from None
+        try:
+            served_repos(loaded[-1])
+        except UsageError as err:
+            raise UsageError(f"{p}: {err}") from None
     if inventory is not None:
         from toolkit import provision
 
