@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from scapy.all import DNS, DNSQR, IP, TCP, UDP, Ether  # noqa: E402
 
-from toolkit.audit.capture import offline_capture  # noqa: E402
+from toolkit.audit.pcap import offline_capture  # noqa: E402
 from toolkit.audit.policy import compile_filter, default_policy  # noqa: E402
 
 N = 500_000
@@ -227,7 +227,7 @@ def _cpu(pid: int) -> int:
 
 _TIMER = (
     "import sys, time\nsys.path.insert(0, sys.argv[1])\n"
-    "from pathlib import Path\nfrom toolkit.audit.capture import offline_capture\n"
+    "from pathlib import Path\nfrom toolkit.audit.pcap import offline_capture\n"
     "from toolkit.audit.policy import default_policy\nbest = 9e9\n"
     "for _ in range(3):\n    t = time.perf_counter()\n    r = offline_capture(Path(sys.argv[2]), default_policy())\n"
     "    best = min(best, time.perf_counter() - t)\nprint(best, sum(f.packets for f in r.flows))\n"

@@ -24,7 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from toolkit.module_utils.model_verify import parse_lock, verify_models  # noqa: E402
+from toolkit.module_utils.model_lock import parse_lock  # noqa: E402
+from toolkit.module_utils.model_verify import verify_models  # noqa: E402
 
 CACHE = Path(os.environ.get("TOOLKIT_CACHE", "/var/cache/toolkit"))
 SRC = CACHE / "minilm" / "model.safetensors"

@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 import pytest
 
 from toolkit.audit import controls
-from toolkit.audit.capture import CaptureResult
 from toolkit.audit.controls import Control, Result, verdict
 from toolkit.audit.extensions import GUARD_CONTROLS, guard_results
+from toolkit.audit.pcap import CaptureResult
 from toolkit.audit.run import capture_results
 
 
@@ -83,7 +83,7 @@ def test_guard_findings_map_to_audit_results_with_blocked_as_evidence_not_failur
 
 
 def test_interface_that_sent_packets_the_capture_never_saw_is_named_as_blind():
-    from toolkit.audit.capture import blind_interfaces
+    from toolkit.audit.liveness import blind_interfaces
 
     sent = {"lo": 500, "eth0": 12, "wlan0": 3, "ifb0": 9, "veth1": 0}
     seen = {"lo": 0, "eth0": 12, "wlan0": 0, "ifb0": 0, "veth1": 0}

@@ -19,9 +19,9 @@ from scapy.layers.inet6 import ICMPv6DestUnreach
 from scapy.layers.tls.all import TLS, ServerName, TLS_Ext_ServerName, TLSClientHello
 
 from toolkit.audit import names
-from toolkit.audit.capture import offline_capture
 from toolkit.audit.decode import SUPPORTED_LINK_TYPES, Processor
 from toolkit.audit.flows import finalize
+from toolkit.audit.pcap import offline_capture
 from toolkit.audit.pcapfile import NotACapture, pcapng_needs_python, read_file
 from toolkit.audit.policy import default_policy
 

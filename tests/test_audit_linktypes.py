@@ -19,7 +19,7 @@ from scapy.layers.dot11 import Dot11, Dot11QoS, RadioTap
 from scapy.layers.l2 import GRE, CookedLinux, CookedLinuxV2, Dot1AD
 from scapy.layers.ppp import HDLC, PPP, PPPoE
 
-from toolkit.audit.capture import offline_capture
+from toolkit.audit.pcap import offline_capture
 from toolkit.audit.policy import default_policy
 
 WS, REMOTE, TUN = "192.0.2.10", "203.0.113.7", "198.51.100.9"

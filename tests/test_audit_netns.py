@@ -24,7 +24,7 @@ def test_interface_counters_under_nsenter_are_the_namespaces_not_the_hosts():
         subprocess.run(
             ["ip", "-n", name, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1"], check=True
         )
-        code = "import json; from toolkit.audit.capture import interface_counters as c; print(json.dumps(c()))"
+        code = "import json; from toolkit.audit.liveness import interface_counters as c; print(json.dumps(c()))"
         r = subprocess.run(
             ["nsenter", f"--net=/run/netns/{name}", "--", sys.executable, "-c", code],
             capture_output=True,
@@ -39,7 +39,7 @@ def test_interface_counters_under_nsenter_are_the_namespaces_not_the_hosts():
 
 def test_sent_vs_seen_flags_every_gap_beyond_the_tolerance_and_every_interface_it_cannot_count():
     """Pure: counters at the start and end, the rtnetlink record, and what the capture saw."""
-    from toolkit.audit.capture import LinkWatch, sent_vs_seen
+    from toolkit.audit.liveness import LinkWatch, sent_vs_seen
 
     start = {
         "lo": {"ifindex": 1, "tx_packets": 10},

@@ -11,7 +11,7 @@ from scapy.layers.inet6 import ICMPv6ND_NS
 from scapy.layers.tls.all import TLS, ServerName, TLS_Ext_ServerName, TLSClientHello
 from scapy.utils import PcapNgWriter
 
-from toolkit.audit.capture import offline_capture
+from toolkit.audit.pcap import offline_capture
 from toolkit.audit.policy import default_policy, parse_policy
 
 E = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")

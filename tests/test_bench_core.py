@@ -13,7 +13,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from toolkit.bench import endpoints, metrics, report, search, slo, stats
+from toolkit.bench import document, endpoints, metrics, plot, search, slo, stats
 from toolkit.bench.metrics import ServerView
 from toolkit.bench.runner import BenchResult, Measurement, SearchInfo, ServerReport, Settings
 from toolkit.errors import UsageError
@@ -75,7 +75,7 @@ def test_seed_slo_thresholds_are_the_seed_promises():
 def test_every_slo_is_judged_at_every_level_and_an_unmeasured_one_is_inconclusive():
     r = _result()
     r.measurements = [m for m in r.measurements if not (m.workload == "search" and m.concurrency == 2)]
-    vs = report.verdicts(r)
+    vs = document.verdicts(r)
     assert len(vs) == 8
     open_ = [(v["metric"], v["concurrency"], v["status"]) for v in vs if not v["passed"]]
     assert open_ == [("autocomplete.latency_ms", 2, "FAIL"), ("search.latency_ms", 2, "INCONCLUSIVE")]
@@ -291,8 +291,8 @@ def _result() -> BenchResult:
 
 
 def test_report_json_matches_its_schema_and_fails_the_slo_that_was_missed():
-    doc = report.build(_result())
-    jsonschema.validate(json.loads(report.to_json(doc)), report.REPORT_SCHEMA)
+    doc = document.build(_result())
+    jsonschema.validate(json.loads(document.to_json(doc)), document.REPORT_SCHEMA)
     missed = [(v["metric"], v["concurrency"]) for v in doc["slos"] if not v["passed"]]
     # autocomplete p95 at c=1 interpolates to 291 ms (pass), at c=2 to 306.5 ms (fail).
     assert missed == [("autocomplete.latency_ms", 2)]
@@ -304,14 +304,14 @@ def test_report_json_matches_its_schema_and_fails_the_slo_that_was_missed():
 
 
 def test_schema_rejects_a_report_without_slo_verdicts():
-    doc = report.build(_result())
+    doc = document.build(_result())
     del doc["slos"][0]["passed"]
     with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate(doc, report.REPORT_SCHEMA)
+        jsonschema.validate(doc, document.REPORT_SCHEMA)
 
 
 def test_plot_is_self_contained_html_with_one_line_per_level_and_the_slo_marked():
-    page = report.plot_html(report.build(_result()))
+    page = plot.plot_html(document.build(_result()))
     assert page.startswith("<!DOCTYPE html>")
     assert not re.search(r"<script|<link|<img|src=|href=|url\(|@import|https?://", page)
     assert page.count("<svg") == 6

@@ -22,7 +22,7 @@ import pytest
 from conftest import REPO
 from test_bench_cli import one_error_line, run_bench
 
-from toolkit.bench import report, search
+from toolkit.bench import document, plot, search
 from toolkit.bench.client import Api, resolve
 from toolkit.bench.endpoints import from_urls
 
@@ -156,7 +156,7 @@ def test_all_nine_qwen_stops_as_continue_sends_them_are_refused_by_vllm_with_a_c
 
 def test_json_report_is_written_and_valid(table_run, vllm_servers):
     _, out, doc = table_run
-    jsonschema.validate(doc, report.REPORT_SCHEMA)
+    jsonschema.validate(doc, document.REPORT_SCHEMA)
     assert doc["endpoints"] == {
         "chat": {"url": vllm_servers.generator.url, "model": "chat"},
         "autocomplete": {"url": vllm_servers.generator.url, "model": "autocomplete"},
@@ -178,7 +178,7 @@ def test_plot_is_written_and_self_contained(table_run, vllm_servers):
     # came in bursts has no client decode figure to draw.
     series = [
         (key, m["concurrency"])
-        for key, _ in report.PLOTTED
+        for key, _ in plot.PLOTTED
         for m in doc["measurements"]
         if key.split(".") == [m["workload"], key.split(".")[1]] and key.split(".")[1] in m["metrics"]
     ]

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from toolkit.bench import metrics, report, slo, workloads
+from toolkit.bench import document, metrics, slo, tables, workloads
 from toolkit.bench.client import Api, Resolved, stream_sample
 from toolkit.bench.endpoints import Endpoint
 from toolkit.bench.runner import BenchResult, Measurement, Settings
@@ -157,7 +157,7 @@ def chat_result(per_token: float, decode: list[float] | None, n: int, server_cou
 
 
 def decode_verdict(result) -> dict:
-    return next(v for v in report.verdicts(result) if v["metric"] == "chat.decode_tps")
+    return next(v for v in document.verdicts(result) if v["metric"] == "chat.decode_tps")
 
 
 def test_burst_decode_is_judged_on_the_server_histogram_never_on_arrival_times():
@@ -277,11 +277,11 @@ def test_a_server_figure_in_the_lowest_bucket_is_only_a_bound_and_search_may_be_
     m = Measurement("search", 1, {"latency_ms": [376.0] * 20}, 20, 1.0, view)
     v = next(
         x
-        for x in report.verdicts(BenchResult("t", Settings(concurrency=(1,)), {}, [m]))
+        for x in document.verdicts(BenchResult("t", Settings(concurrency=(1,)), {}, [m]))
         if x["metric"] == m.workload + ".latency_ms"
     )
     assert v["server"]["value"] is None and v["server"]["bucket"] == [0.0, 300.0]
-    assert report._server_cell(v["server"], "ms") == "<= 300 ms (20)"
+    assert tables.server_cell(v["server"], "ms") == "<= 300 ms (20)"
     # The client timed the embedding and LanceDB, the server the embedding: slower is no disagreement.
     assert (v["status"], v["disagree"]) == ("FAIL", False)
 

@@ -122,21 +122,15 @@ def test_tarball_ships_ansible_content_and_data_only(installed):
 
 
 def test_tarball_module_utils_and_data_are_the_bytes_the_cli_imports(installed):
-    import toolkit.module_utils.egress_intent
-    import toolkit.module_utils.gpu_detect
-    import toolkit.module_utils.gpu_plan
-    import toolkit.module_utils.model_verify
+    import importlib
+
     from toolkit import planning
 
-    cli = {
-        m.__name__.rsplit(".", 1)[1]: Path(m.__file__)
-        for m in (
-            toolkit.module_utils.gpu_detect,
-            toolkit.module_utils.gpu_plan,
-            toolkit.module_utils.model_verify,
-            toolkit.module_utils.egress_intent,
-        )
-    }
+    # Every module the CLI imports from toolkit/module_utils (gpu_plan and model_verify import their
+    # siblings relatively, so AnsiballZ ships those with them).
+    names = ("egress_intent", "gpu_detect", "gpu_plan", "plan_fit", "plan_inputs", "plan_render", "plan_search",
+             "model_lock", "model_verify")  # fmt: skip
+    cli = {name: Path(importlib.import_module(f"toolkit.module_utils.{name}").__file__) for name in names}
     with tarfile.open(installed["tarball"]) as tar:
         shipped = {
             Path(m.name).stem: tar.extractfile(m).read()

@@ -30,12 +30,14 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 def plan_serving(model: str) -> dict:
     args = ["--model", model, "--served-model-name", "embed", "--host", "127.0.0.1", "--port", "11434"]
     return {
+        "schema": 2,
         "services": {
-            "embed": {"model": model, "revision": None, "args": args, "port": 11434},
-            "chat": {"model": "/srv/models/chat", "args": ["--model", "/srv/models/chat"], "port": 8000},
+            "embed": {"server": "vllm", "model": model, "revision": None, "args": args, "port": 11434},
+            "chat": {"server": "vllm", "model": "/srv/models/chat", "args": ["--model", "/srv/models/chat"],
+                     "port": 8000},
             "autocomplete": {"model": model, "shared_with": "embed"},
-        }
-    }
+        },
+    }  # fmt: skip
 
 
 def test_lock_from_a_plan_holds_exactly_the_planned_hub_models(tmp_path: Path) -> None:
@@ -76,8 +78,7 @@ def test_provision_refuses_a_host_that_pulls_unlocked_planned_models(tmp_path: P
     assert r.returncode == 2, r.stdout + r.stderr
     plans = sorted((REPO / "artifacts" / "runs").glob("*/plans/localhost.json"), key=os.path.getmtime)
     plan = json.loads(plans[-1].read_text())  # this run's plan
-    planned = sorted({s["args"][s["args"].index("--model") + 1] for s in plan["services"].values()
-                      if "args" in s and not s.get("shared_with")})  # fmt: skip
+    planned = sorted({s["model"] for s in plan["services"].values() if s.get("server") == "vllm"})
     assert planned and all("/" in m and not m.startswith("/") for m in planned)
     assert r.stderr == (
         "toolkit: error: planned models are not locked, nothing was changed: "

@@ -30,14 +30,8 @@ from test_models_verify import (
     build_minilm_lock_data,
 )
 
-from toolkit.module_utils.model_verify import (
-    FileChanged,
-    LockError,
-    hash_file,
-    parse_lock,
-    snapshot_path,
-    verify_models,
-)
+from toolkit.module_utils.model_lock import LockError, parse_lock
+from toolkit.module_utils.model_verify import FileChanged, hash_file, snapshot_path, verify_models
 
 MODEL_DIR = "models--sentence-transformers--all-MiniLM-L6-v2"
 

@@ -17,7 +17,8 @@ import pytest
 import yaml
 from conftest import CACHE, REPO, require, require_binary
 
-from toolkit.module_utils.model_verify import LockError, hash_file, parse_lock
+from toolkit.module_utils.model_lock import LockError, parse_lock
+from toolkit.module_utils.model_verify import hash_file
 
 MINILM = CACHE / "minilm"
 MINILM_REPO = "sentence-transformers/all-MiniLM-L6-v2"

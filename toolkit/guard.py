@@ -31,9 +31,9 @@ import yaml
 from toolkit.errors import UsageError
 from toolkit.module_utils.egress_intent import intent_problems, structural_problems
 from toolkit.passwd import read_passwd
+from toolkit.planning import load_tiers
 
 DEFAULT_TABLE = "toolkit_egress_guard"
-DEFAULT_USERS = ("vllm", "ollama")
 DEFAULT_LOG_PREFIX = "egress-guard"
 # Where the role writes what the ruleset is meant to do (egress_guard_state_dir/intent.json).
 DEFAULT_INTENT = Path("/var/lib/toolkit/egress_guard/intent.json")
@@ -440,7 +440,7 @@ def collect_guard_state(
 ) -> GuardState:
     """Reads the guard from this host (or from inside network namespace ``netns``). With ``root``,
     the users and the hosts file are those of that file system (a container seen from outside).
-    ``users`` None: the users the role guarded (its intent.json), else DEFAULT_USERS."""
+    ``users`` None: the users the role guarded (its intent.json), else default_users()."""
     if root is not None and hosts_file is not None and not hosts_file.is_relative_to(root):
         hosts_file = root / hosts_file.relative_to("/")
     doc, err = read_ruleset(table, netns=netns, run=run)
@@ -469,11 +469,16 @@ def collect_guard_state(
 
 def intent_users(intent: dict[str, Any] | None) -> tuple[str, ...]:
     """The user names the role wrote into its intent (renamed service users included); an intent
-    from before the names were written, or none at all, gives DEFAULT_USERS."""
+    from before the names were written, or none at all, gives default_users()."""
     names = (intent or {}).get("users")
     if isinstance(names, list) and names and all(isinstance(n, str) for n in names):
         return tuple(names)
-    return DEFAULT_USERS
+    return default_users()
+
+
+def default_users() -> tuple[str, ...]:
+    """The service accounts the roles create by default: tiers.yaml service_users, their one home."""
+    return tuple(dict.fromkeys(load_tiers()["service_users"].values()))
 
 
 def read_intent(path: Path | None, root: Path | None = None) -> tuple[dict[str, Any] | None, str | None]:

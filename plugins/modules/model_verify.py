@@ -109,16 +109,18 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 
 from ansible.module_utils.basic import AnsibleModule  # noqa: E402
-from ansible_collections.pca.toolkit.plugins.module_utils.model_verify import (  # noqa: E402
+from ansible_collections.pca.toolkit.plugins.module_utils.model_lock import (  # noqa: E402
     LockError,
-    Refused,
-    blobs_dir,
     entry_digest,
     lock_to_data,
     marker_name,
-    open_locked,
     parse_lock,
     read_lock,
+)
+from ansible_collections.pca.toolkit.plugins.module_utils.model_verify import (  # noqa: E402
+    Refused,
+    blobs_dir,
+    open_locked,
     snapshot_path,
     verify_models,
 )

@@ -12,7 +12,6 @@ or parsed makes the control INCONCLUSIVE, never PASS.
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -23,6 +22,7 @@ from toolkit.audit import controls
 from toolkit.audit.controls import Control, Result
 from toolkit.audit.static_checks import _load_doc
 from toolkit.audit.vllm_units import vllm_units
+from toolkit.planning import load_tiers
 
 # @continuedev/cli 1.5.47 src/version.ts getLatestVersion() fetches
 # https://api.continue.dev/cn/info?id=<sha256 of the machine id> when the module loads (line 65, a
@@ -90,7 +90,7 @@ def continue_results(
     root: Path = Path("/"),
 ) -> list[Result]:
     """The CONTINUE-00x results; ``hosts_file`` None leaves CONTINUE-007 unjudged (skip)."""
-    catalogue = catalogue or yaml.safe_load(resources.files("toolkit").joinpath("data/tiers.yaml").read_text())
+    catalogue = catalogue or load_tiers()
     served = served_models(unit_dirs, root)
     items: dict[str, list[dict[str, Any]]] = {c.id: [] for c in CONTROLS}
     unsure: dict[str, list[str]] = {c.id: [] for c in CONTROLS}

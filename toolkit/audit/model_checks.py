@@ -18,7 +18,7 @@ from toolkit.audit import controls
 from toolkit.audit.controls import Control, Result
 from toolkit.audit.static_checks import StaticInputs
 from toolkit.audit.vllm_units import vllm_units
-from toolkit.module_utils.model_verify import REPO_PATTERN
+from toolkit.module_utils.model_lock import REPO_PATTERN
 
 STATE_DIR = "/var/lib/toolkit/model-store"  # model_store_state_dir's default
 DEFAULT_HF_HOME = "/var/lib/toolkit/hf"

@@ -180,7 +180,7 @@ def compile_filter(policy: Policy, local_addresses: Iterable[str] = (), probe_po
 
     ``local_addresses`` (live mode: this host's own addresses) join the allowed set, so traffic from
     the host to itself through lo is not a candidate. ``probe_port`` lets the audit's own
-    loopback probe through, which proves the capture is live (see capture.py).
+    loopback probe through, which proves the capture is live (see live.py).
     """
     nets = list(policy.networks)
     for a in sorted(local_addresses):

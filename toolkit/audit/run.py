@@ -16,8 +16,9 @@ from typing import Any
 
 # continue_checks and model_checks register the CONTINUE-00x and MODEL-00x controls.
 from toolkit.audit import continue_checks, controls, model_checks  # noqa: F401
-from toolkit.audit.capture import CaptureResult, CaptureUnavailable, live_capture, offline_capture
 from toolkit.audit.controls import Result
+from toolkit.audit.live import live_capture
+from toolkit.audit.pcap import CaptureResult, CaptureUnavailable, offline_capture
 from toolkit.audit.policy import Policy
 from toolkit.audit.static_checks import StaticInputs, run_static_checks
 from toolkit.audit.waivers import Waiver, apply_waivers

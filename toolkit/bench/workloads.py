@@ -107,7 +107,8 @@ def cursors(
         k = candidates[(len(candidates) * (3 + i % 5)) // 9]  # spread over the file, the same every run
         line = lines[k]
         indent = len(line) - len(line.lstrip())
-        word = re.match(r"\S+\s*", line[indent:])
+        # Spaces after the word, not its newline: a one-word line keeps the cursor on that line.
+        word = re.match(r"\S+[ \t]*", line[indent:])
         col = indent + (word.end() if word else 0)
         offset = sum(len(x) for x in lines[:k]) + col
         out.append(

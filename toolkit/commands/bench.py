@@ -11,8 +11,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from toolkit import files
+from toolkit.bench import document, plot, runner, tables, workloads
 from toolkit.bench import endpoints as ep_mod
-from toolkit.bench import report, runner, workloads
 from toolkit.errors import CheckFailed, UsageError
 
 
@@ -182,28 +182,28 @@ def bench_cmd(
 
         result = runner.run(endpoints, api_key, settings, progress)
 
-    doc = report.build(result)
+    doc = document.build(result)
     json_path, plot_path = out_dir / "bench.json", out_dir / "latency.html"
     try:
-        files.write_atomic(json_path, report.to_json(doc))
-        files.write_atomic(plot_path, report.plot_html(doc))
+        files.write_atomic(json_path, document.to_json(doc))
+        files.write_atomic(plot_path, plot.plot_html(doc))
     except OSError as e:
         raise UsageError(f"cannot write to {out_dir}: {e.strerror}") from None
 
     if as_json:
-        sys.stdout.write(report.to_json(doc))
+        sys.stdout.write(document.to_json(doc))
     else:
         console = Console()
-        for line in report.measured_lines(doc):
+        for line in tables.measured_lines(doc):
             console.print(line, highlight=False)
-        console.print(report.slo_table(doc))
-        for line in report.notes(doc):
+        console.print(tables.slo_table(doc))
+        for line in tables.notes(doc):
             console.print(line, highlight=False)
-        console.print(report.measurements_table(doc))
-        console.print(report.servers_table(doc))
-        for line in report.prefix_cache_lines(doc):
+        console.print(tables.measurements_table(doc))
+        console.print(tables.servers_table(doc))
+        for line in tables.prefix_cache_lines(doc):
             console.print(line, highlight=False)
-        for line in report.search_lines(doc):
+        for line in tables.search_lines(doc):
             console.print(line, highlight=False)
         console.print(f"Wrote {json_path} and {plot_path}", highlight=False)
     if doc["verdict"] == "FAIL":

@@ -11,7 +11,8 @@ from rich.console import Console
 
 from toolkit.errors import CheckFailed, UsageError
 from toolkit.models import lockfile
-from toolkit.module_utils.model_verify import LockError, VerifyReport, default_workers, resolve_targets, verify_models
+from toolkit.module_utils.model_lock import LockError
+from toolkit.module_utils.model_verify import VerifyReport, default_workers, resolve_targets, verify_models
 
 models_app = typer.Typer(
     help="Verified model weights: lock a hub revision to file hashes, pull it into a mirror, verify offline.\n\n"
@@ -151,6 +152,10 @@ def _planned(plans: list[Path], inventory: Path | None) -> dict[str, str | None]
             loaded.append(json.loads(p.read_text(encoding="utf-8")))
         except (OSError, ValueError) as err:
             raise UsageError(f"{p}: not a readable plan (`toolkit plan --json`): {err}") from None
+        try:
+            served_repos(loaded[-1])
+        except UsageError as err:
+            raise UsageError(f"{p}: {err}") from None
     if inventory is not None:
         from toolkit import provision
 

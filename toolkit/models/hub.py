@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from toolkit.errors import EnvironmentProblem, ToolkitError, UsageError
-from toolkit.module_utils.model_verify import LockedFile, LockedModel, LockError, format_refusal, parse_model
+from toolkit.module_utils.model_lock import LockedFile, LockedModel, LockError, format_refusal, parse_model
 
 # Seconds a hub request may stall (connect, or between bytes) before the command gives up with exit 3.
 DEFAULT_TIMEOUT = 30.0

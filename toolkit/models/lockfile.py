@@ -9,7 +9,7 @@ import yaml
 
 from toolkit import files
 from toolkit.errors import UsageError
-from toolkit.module_utils.model_verify import (
+from toolkit.module_utils.model_lock import (
     Lock,
     LockedModel,
     LockError,

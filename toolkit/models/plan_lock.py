@@ -7,21 +7,24 @@ import io
 from pathlib import Path
 
 from toolkit.errors import UsageError
-from toolkit.module_utils.model_verify import REPO_PATTERN, Lock
+from toolkit.module_utils.gpu_plan import SCHEMA
+from toolkit.module_utils.model_lock import REPO_PATTERN, Lock
 
 
 def served_repos(plan: dict) -> dict[str, str | None]:
-    """Hub repos the plan's vLLM services serve (the ``--model`` they run), with the plan's revision if any.
+    """Hub repos the plan's vLLM servers serve (plan v2: ``server: vllm``, its ``model``), with the
+    plan's revision if any. Raises UsageError for a plan of another schema.
 
     A model given as a local directory is the operator's own and not a hub repo; Ollama names are not either.
     """
+    if not isinstance(plan, dict) or plan.get("schema") != SCHEMA:
+        got = plan.get("schema") if isinstance(plan, dict) else None
+        raise UsageError(f"not a plan of schema {SCHEMA} (`toolkit plan --json`), got schema {got!r}")
     out: dict[str, str | None] = {}
-    services = plan.get("services") if isinstance(plan, dict) else None
-    for svc in (services or {}).values():
-        if not isinstance(svc, dict) or svc.get("shared_with") or not isinstance(svc.get("args"), list):
-            continue
-        args = svc["args"]
-        model = args[args.index("--model") + 1] if "--model" in args[:-1] else svc.get("model")
+    for svc in (plan.get("services") or {}).values():
+        if not isinstance(svc, dict) or svc.get("server") != "vllm":
+            continue  # answered by another server (shared_with), or Ollama's own
+        model = svc.get("model")
         if isinstance(model, str) and REPO_PATTERN.fullmatch(model):
             revision = svc.get("revision")
             out[model] = revision if isinstance(revision, str) else out.get(model)

@@ -9,13 +9,8 @@ import time
 from pathlib import Path
 
 from toolkit.errors import EnvironmentProblem, ToolkitError, UsageError
-from toolkit.module_utils.model_verify import (
-    FileResult,
-    LockedModel,
-    VerifyReport,
-    snapshot_path,
-    verify_models,
-)
+from toolkit.module_utils.model_lock import LockedModel
+from toolkit.module_utils.model_verify import FileResult, VerifyReport, snapshot_path, verify_models
 
 
 def download(model: LockedModel, mirror: Path, max_workers: int = 4) -> Path:
