@@ -16,7 +16,8 @@ there, without the network. The .pth adds a path only; the shared venv's editabl
 checkout is not loaded, so `import toolkit` can only find the wheel's copy (the test checks it).
 Not exercised: site.yml's roles converging a host from the installed copy (test_collection.py
 converges egress_guard from an installed tarball; the molecule scenarios converge the rest from the
-checkout), and building the execution environment's image (see docs/awx.md).
+checkout); building and running the execution environment's image is
+tests/test_execution_environment.py.
 """
 
 from __future__ import annotations
