@@ -19,9 +19,12 @@ from toolkit.audit.controls import Control, Result
 from toolkit.audit.static_checks import StaticInputs
 from toolkit.audit.vllm_units import vllm_units
 from toolkit.module_utils.model_lock import REPO_PATTERN
+from toolkit.planning import load_tiers
 
-STATE_DIR = "/var/lib/toolkit/model-store"  # model_store_state_dir's default
-DEFAULT_HF_HOME = "/var/lib/toolkit/hf"
+# The roles' defaults, from their one home (tiers.yaml paths): a unit without HF_HOME gets vllm_hf_home.
+_PATHS = load_tiers()["paths"]
+STATE_DIR = _PATHS["model_store_state_dir"]
+DEFAULT_HF_HOME = _PATHS["hf_home"]
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 
