@@ -646,3 +646,40 @@ def test_locked_env_cannot_be_overridden_or_dropped():
         SV.service_env({"HF_HUB_OFFLINE": "0"}, {}, dict(locked), locked, what="svc")
     with pytest.raises(SV.UnsafeValue, match="^svc: required env lacks VLLM_NO_USAGE_STATS=1"):
         SV.service_env({}, {}, {}, locked, what="svc")
+
+
+PINS_SATISFIED = REPO / "roles" / "vllm" / "files" / "pins_satisfied.py"
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (["# comment", "", "PyYAML=={yaml}  # trailing"], "satisfied"),
+        (["pyyaml=={yaml}"], "satisfied"),  # names compare normalised, as pip does
+        (["PyYAML==0.0.1"], "install"),
+        (["PyYAML>={yaml}"], "install"),  # only exact pins can be judged without pip
+        (["PyYAML=={yaml} ; python_version > '3'"], "install"),
+        (["no-such-dist-here==1.0"], "install"),
+        (["# nothing but comments"], "install"),
+    ],
+)
+def test_pins_probe_says_satisfied_only_for_exact_installed_pins(tmp_path, lines, expected):
+    """The vllm role skips pip only on "satisfied"; anything it cannot judge must send pip to decide."""
+    import importlib.metadata
+
+    yaml_version = importlib.metadata.version("PyYAML")
+    req = tmp_path / "requirements.txt"
+    req.write_text("\n".join(line.format(yaml=yaml_version) for line in lines) + "\n")
+    out = subprocess.run([sys.executable, "-c", PINS_SATISFIED.read_text(), str(req), "unused==1"],
+                         capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert out == expected, (lines, out)
+
+
+def test_pins_probe_reads_the_single_pin_and_refuses_a_missing_file(tmp_path):
+    import importlib.metadata
+
+    pin = f"PyYAML=={importlib.metadata.version('PyYAML')}"
+    run = [sys.executable, "-c", PINS_SATISFIED.read_text()]
+    assert subprocess.run([*run, "", pin], capture_output=True, text=True).stdout.strip() == "satisfied"
+    missing = [*run, str(tmp_path / "absent.txt"), pin]
+    assert subprocess.run(missing, capture_output=True, text=True).stdout.strip() == "install"
