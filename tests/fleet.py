@@ -1,20 +1,18 @@
 """A fleet of real podman hosts (systemd containers from the cached test image) for provisioning
 tests and the converge benchmark (bench/provision_bench.py), reached over SSH as real fleets are.
 
-Each container runs sshd on its own 127.0.0.1 only (the audit's LISTEN-001 still passes there);
-the controller reaches it through a ProxyCommand that enters the container's network namespace
-(tests/nsbridge.py), so no test traffic goes to the containers' bridge addresses. Host keys are
-made per container and pinned in a known_hosts file; the client key is made per fleet (0600).
-Ansible then pipelines and keeps one ControlPersist master per host, as on a real fleet.
+Each container runs sshd on its own 127.0.0.1 only, reached through its network namespace
+(toolkit/sandbox/ssh.py, the same reach-in the sandbox uses), so no test traffic goes to the
+containers' bridge addresses. Host keys are made per container and pinned in a known_hosts file;
+the client key is made per fleet (0600). Ansible then pipelines and keeps one ControlPersist
+master per host, as on a real fleet.
 """
 
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -23,21 +21,14 @@ from pathlib import Path
 
 import yaml
 
+from toolkit.sandbox import ssh
+
 IMAGE = "localhost/toolkit-systemd:current"
 REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("TOOLKIT_CACHE", "/var/cache/toolkit"))
 # The vllm role's light scenario stand-in for vllm.entrypoints.openai.api_server: one copy, used here too.
 STANDIN = REPO / "roles" / "vllm" / "molecule" / "default" / "fake_api_server.py"
 STANDIN_SITE = "/opt/vllm/venv/lib/python3.11/site-packages"
-NSBRIDGE = REPO / "tests" / "nsbridge.py"
-# sshd of a fleet host: loopback only, its own ed25519 host key, keys only.
-SSHD_CONF = """ListenAddress 127.0.0.1
-HostKey /etc/ssh/ssh_host_ed25519_key
-PermitRootLogin prohibit-password
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-"""
-
 # Host variables of a whole-stack fleet host whose vLLM is the stand-in: every role of site.yml runs
 # for real (plan, driver check, vllm units with health wait and warm-up, egress guard in nftables,
 # Continue validated by Continue's own schema), except vLLM itself, which is too big for 8 hosts on
@@ -101,44 +92,6 @@ def stack_fleet(n: int, tmp: Path, prefix: str = "tk-stack", transport: str = "s
         yield inv
 
 
-def start_sshd(name: str, public_key: str) -> str:
-    """Give the container its own host key, authorize public_key for root and start sshd on
-    127.0.0.1:22; return the host's public key (for known_hosts)."""
-    script = f"""set -e
-mkdir -p /etc/ssh/sshd_config.d
-printf %s {shlex.quote(SSHD_CONF)} > /etc/ssh/sshd_config.d/toolkit-fleet.conf
-test -f /etc/ssh/ssh_host_ed25519_key || ssh-keygen -q -t ed25519 -N '' -f /etc/ssh/ssh_host_ed25519_key
-install -d -m 0700 /root/.ssh
-printf '%s\\n' {shlex.quote(public_key)} > /root/.ssh/authorized_keys
-chmod 0600 /root/.ssh/authorized_keys
-systemctl enable --now ssh.service >/dev/null 2>&1
-cat /etc/ssh/ssh_host_ed25519_key.pub
-"""
-    return podman("exec", name, "sh", "-c", script).stdout.strip()
-
-
-def ssh_host_vars(pid: int, key: Path, known_hosts: Path, control_dir: Path) -> dict:
-    """Inventory variables that reach the container whose init is pid over SSH through its netns."""
-    proxy = f"nsenter --net=/proc/{pid}/ns/net {shlex.quote(sys.executable)} {shlex.quote(str(NSBRIDGE))} 127.0.0.1 22"
-    common = [
-        f"-o ProxyCommand={shlex.quote(proxy)}",
-        f"-o UserKnownHostsFile={shlex.quote(str(known_hosts))}",
-        "-o StrictHostKeyChecking=yes",
-        "-o IdentitiesOnly=yes",
-        f"-o ControlPath={shlex.quote(str(control_dir / '%h'))}",
-    ]
-    return {
-        "ansible_connection": "ansible.builtin.ssh",
-        "ansible_user": "root",
-        "ansible_ssh_private_key_file": str(key),
-        "ansible_ssh_common_args": " ".join(common),
-        # ansible.cfg's host_key_checking = False would add StrictHostKeyChecking=no first (first wins).
-        "ansible_ssh_host_key_checking": True,
-        "ansible_ssh_pipelining": True,
-        "ansible_ssh_args": "-C -o ControlMaster=auto -o ControlPersist=60s",
-    }
-
-
 @contextmanager
 def podman_fleet(
     n: int,
@@ -174,19 +127,12 @@ def podman_fleet(
             conn = {name: {"ansible_connection": "containers.podman.podman"} for name in names}
         else:
             key = tmp / "fleet_ed25519"
-            subprocess.run(
-                ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "toolkit-fleet", "-f", str(key)],
-                check=True,
-                capture_output=True,
-            )
-            key.chmod(0o600)
-            public = key.with_suffix(".pub").read_text().strip()
+            public = ssh.client_key(key)
             known_hosts = tmp / "fleet_known_hosts"
             lines = []
             for name in names:
-                lines.append(f"{name} {start_sshd(name, public)}")
-                pid = int(podman("inspect", "-f", "{{.State.Pid}}", name).stdout.strip())
-                conn[name] = ssh_host_vars(pid, key, known_hosts, control_dir)
+                lines.append(f"{name} {ssh.start_sshd(name, public)}")
+                conn[name] = ssh.host_vars(name, key, known_hosts, control_dir)
             known_hosts.write_text("\n".join(lines) + "\n")
         inv = {
             "all": {
@@ -208,10 +154,7 @@ def podman_fleet(
         path.write_text(yaml.safe_dump(inv))
         yield path
     finally:
-        for sock in control_dir.iterdir():  # close the ControlPersist masters before their hosts go
-            subprocess.run(
-                ["ssh", "-o", f"ControlPath={sock}", "-O", "exit", sock.name], capture_output=True, timeout=10
-            )
+        ssh.close_masters(control_dir)
         shutil.rmtree(control_dir, ignore_errors=True)
         for name in names:
             podman("rm", "-f", "-t", "0", name, check=False)

@@ -42,9 +42,7 @@ COMMON_STOPS = ["/src/", "#- coding: utf-8", "```"]
 
 
 def _filters():
-    spec = importlib.util.spec_from_file_location(
-        "continue_config", REPO / "plugins/filter/continue_config.py"
-    )
+    spec = importlib.util.spec_from_file_location("continue_config", REPO / "plugins/filter/continue_config.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod

@@ -1,4 +1,4 @@
-"""tests/nsbridge.py, the fleet's ssh ProxyCommand: a byte-exact stdio bridge to loopback only.
+"""toolkit/sandbox/nsbridge.py, ssh's ProxyCommand into a podman host: a byte-exact stdio bridge to loopback only.
 Run here in the test's own network namespace (the fleet runs it under nsenter --net)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import subprocess
 import sys
 import threading
 
-from fleet import NSBRIDGE
+from toolkit.sandbox.ssh import NSBRIDGE
 
 
 def test_bridge_carries_bytes_both_ways_and_passes_the_half_close_on():
@@ -45,3 +45,27 @@ def test_bridge_refuses_anything_but_a_loopback_address():
         r = subprocess.run([sys.executable, str(NSBRIDGE), target, "22"], capture_output=True, text=True, timeout=30)
         assert (r.returncode, r.stdout) == (2, ""), target
         assert r.stderr == f"nsbridge.py: {target!r} is not a loopback address\n"
+
+
+def test_container_mode_refuses_a_bad_name_and_a_container_that_is_not_running():
+    r = subprocess.run(
+        [sys.executable, str(NSBRIDGE), "--container", "-x;rm", "127.0.0.1", "22"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (r.returncode, r.stderr) == (2, "nsbridge.py: '-x;rm' is not a container name\n")
+    r = subprocess.run(
+        [sys.executable, str(NSBRIDGE), "--container", "tk-no-such-container", "10.0.0.1", "22"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert (r.returncode, r.stderr) == (2, "nsbridge.py: '10.0.0.1' is not a loopback address\n")
+    r = subprocess.run(
+        [sys.executable, str(NSBRIDGE), "--container", "tk-no-such-container", "127.0.0.1", "22"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 1 and r.stderr.startswith("nsbridge.py: "), r.stderr
