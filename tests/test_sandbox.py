@@ -25,11 +25,14 @@ import pytest
 from conftest import CACHE, REPO, require, require_binary, require_root
 from fleet import image_available
 
+from toolkit.sandbox import workstation
+
 TOOLKIT = [sys.executable, "-m", "toolkit"]
 
 
 VERIFY = REPO / "molecule" / "stack" / "verify.yml"
-INVENTORY = REPO / "inventories" / "sandbox" / "hosts.yml"
+# What `toolkit sandbox up` wrote: inventories/sandbox reached over SSH.
+INVENTORY = workstation.STATE / "inventory.yml"
 
 
 def stack_verify() -> subprocess.CompletedProcess:

@@ -58,6 +58,8 @@ def up_cmd(
     err = Console(stderr=True)
     err.print("starting the sandbox workstation (podman, systemd)")
     box = workstation.up(recreate=recreate)
+    # Reached over SSH like a real workstation (pipelining, one ControlPersist master).
+    inventory = workstation.reach_over_ssh(INVENTORY)
 
     def on_plans(run_dir: Path, plans: dict[str, dict]) -> None:
         err.print(f"provisioning; artifacts in {run_dir}")
@@ -65,7 +67,7 @@ def up_cmd(
 
     on_change = role_logger(err)
 
-    result = provision.provision(INVENTORY, on_plans=on_plans, on_change=on_change)
+    result = provision.provision(inventory, on_plans=on_plans, on_change=on_change)
     report(result)
     run_dir = result.run_dir
     plan_file = run_dir / "plans" / f"{workstation.NAME}.json"

@@ -3,7 +3,9 @@
 It boots the cached test image with its own network namespace, so its services' 127.0.0.1 is its
 own; the toolkit's bench and audit enter that namespace (nsenter) to measure and watch it exactly
 as they would on a real workstation. The vLLM wheelhouse and the models come in read-only mounts,
-so provisioning it needs no network.
+so provisioning it needs no network. Ansible reaches it over SSH, as a real workstation is reached
+(toolkit/sandbox/ssh.py): sshd on the sandbox's own 127.0.0.1, a pinned host key, a client key kept
+in STATE.
 """
 
 from __future__ import annotations
@@ -16,7 +18,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from toolkit import files
 from toolkit.errors import EnvironmentProblem
+from toolkit.sandbox import ssh
 
 NAME = "toolkit-sandbox"
 IMAGE = "localhost/toolkit-systemd:current"
@@ -30,6 +36,8 @@ MOUNTS = {
 }
 NODE = "/usr/bin/node"  # the host's node runs the validator inside (both are Debian 12)
 DEVELOPER = "dev"  # the developer account whose Continue gets configured
+# The controller's side of the SSH reach-in (client key, known_hosts, the generated inventory): root's.
+STATE = Path(os.environ.get("TOOLKIT_SANDBOX_STATE", "/var/lib/toolkit/sandbox"))
 
 
 @dataclass
@@ -134,6 +142,32 @@ def up(name: str = NAME, recreate: bool = False) -> Sandbox:
     raise EnvironmentProblem(f"systemd in sandbox {name} did not come up in 90 s")
 
 
+def reach_over_ssh(source: Path, name: str = NAME) -> Path:
+    """Start sshd in the running sandbox, pin its host key and write STATE/inventory.yml: the
+    inventory `source` with the sandbox reached over SSH instead of the podman connection."""
+    try:
+        inventory = yaml.safe_load(source.read_text())
+        host = inventory["all"]["hosts"][name]
+        if not isinstance(host, dict):
+            raise TypeError(f"its variables are {type(host).__name__}, not a mapping")
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise EnvironmentProblem(f"{source}: no host {name} under all.hosts ({e})") from None
+    STATE.mkdir(parents=True, exist_ok=True)
+    STATE.chmod(0o700)
+    key = STATE / "ssh_ed25519"
+    host_key = ssh.start_sshd(name, ssh.client_key(key))
+    known_hosts = STATE / "known_hosts"
+    known_hosts.write_text(f"{name} {host_key}\n")
+    host.pop("ansible_connection", None)
+    host.update(ssh.host_vars(name, key, known_hosts, STATE / "cp"))
+    (STATE / "cp").mkdir(exist_ok=True)
+    out = STATE / "inventory.yml"
+    header = f"# Written by `toolkit sandbox up` from {source}: the same workstation, reached over SSH.\n"
+    files.write_atomic(out, header + yaml.safe_dump(inventory, sort_keys=False), 0o600)
+    return out
+
+
 def down(name: str = NAME) -> bool:
     """Remove the sandbox; True when one existed."""
+    ssh.close_masters(STATE / "cp")
     return _podman("rm", "-f", "-t", "5", name, check=False).returncode == 0 and status(name) is None
