@@ -48,24 +48,14 @@ def test_bridge_refuses_anything_but_a_loopback_address():
 
 
 def test_container_mode_refuses_a_bad_name_and_a_container_that_is_not_running():
-    r = subprocess.run(
-        [sys.executable, str(NSBRIDGE), "--container", "-x;rm", "127.0.0.1", "22"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(NSBRIDGE), "--container", *args], capture_output=True, text=True, timeout=60
+        )
+
+    r = run("-x;rm", "127.0.0.1", "22")
     assert (r.returncode, r.stderr) == (2, "nsbridge.py: '-x;rm' is not a container name\n")
-    r = subprocess.run(
-        [sys.executable, str(NSBRIDGE), "--container", "tk-no-such-container", "10.0.0.1", "22"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    r = run("tk-no-such-container", "10.0.0.1", "22")
     assert (r.returncode, r.stderr) == (2, "nsbridge.py: '10.0.0.1' is not a loopback address\n")
-    r = subprocess.run(
-        [sys.executable, str(NSBRIDGE), "--container", "tk-no-such-container", "127.0.0.1", "22"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    r = run("tk-no-such-container", "127.0.0.1", "22")
     assert r.returncode == 1 and r.stderr.startswith("nsbridge.py: "), r.stderr
