@@ -212,6 +212,10 @@ def require_collection() -> None:
         )
 
 
+# The callback that loads plugin option definitions once per run rather than once per task.
+WARM_PLUGINS = "pca.toolkit.warm_plugins"
+
+
 def ansible_env() -> dict[str, str]:
     """What every Ansible run of the toolkit needs: the roles and the pca.toolkit collection (modules,
     module_utils, filters, lookups). In a checkout that is the checkout itself (collections/ links
@@ -233,6 +237,10 @@ def ansible_env() -> dict[str, str]:
     }
     if CHECKOUT:
         env["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+    else:
+        # The checkout's ansible.cfg enables it; installed, the environment does, beside any the user enables.
+        enabled = [c for c in os.environ.get("ANSIBLE_CALLBACKS_ENABLED", "").split(",") if c.strip()]
+        env["ANSIBLE_CALLBACKS_ENABLED"] = ",".join([*enabled, WARM_PLUGINS])
     return env
 
 
