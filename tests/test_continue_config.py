@@ -263,6 +263,7 @@ def _run_role_tasks(tmp_path: Path, home: Path, extra: dict) -> subprocess.Compl
     editors = [".config/Code/User/settings.json", ".local/share/code-server/User/settings.json"]
     tasks = [
         role("validate.yml", public=True),  # loads the role's defaults
+        role("state.yml"),  # the host_state read the writes below are compared with
         role("config_yaml.yml"),
         role("global_context.yml"),
         {**role("editor_settings.yml"), "loop": editors, "loop_control": {"loop_var": "continue_settings_rel"}},
@@ -279,7 +280,7 @@ def _run_role_tasks(tmp_path: Path, home: Path, extra: dict) -> subprocess.Compl
     ev = tmp_path / "extra.json"
     ev.write_text(json.dumps({
         "ansible_python_interpreter": sys.executable, "continue_user": user, "continue_gid": gid,
-        "continue_home": str(home),
+        "continue_home": str(home), "continue_editor_settings": editors,
         "continue_config_validator": str(CONFIG_YAML_PKG),
         **extra}))  # fmt: skip
     env = dict(

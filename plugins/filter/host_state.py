@@ -46,9 +46,10 @@ def _path(state: dict, path: str) -> dict:
 
 
 def _attrs_match(st: dict, kind: str, owner: Any, group: Any, mode: Any) -> bool:
+    wanted = _mode(mode)  # first: a mode it cannot compare is refused on every host, not only on some
     return (st.get("exists") is True and st.get("type") == kind
             and _same_id(owner, st["owner"], st["uid"]) and _same_id(group, st["group"], st["gid"])
-            and int(st["mode"], 8) == _mode(mode))
+            and int(st["mode"], 8) == wanted)
 
 
 def state_has_dir(state: dict, path: str, owner: Any, group: Any, mode: Any) -> bool:
