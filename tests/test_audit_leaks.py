@@ -45,11 +45,11 @@ def test_a_real_process_command_line_is_read_redacted_from_proc():
         [sys.executable, "-c", "import time; time.sleep(30)", "--db-password=hunter2", "--api-key", "sk-live-9"]
     )
     try:
+        # Until exec() the child's /proc holds the forked pytest (or nothing): read it once exec is done.
         deadline = time.time() + 10
-        info = process_info(p.pid)
         while b"sk-live-9" not in Path(f"/proc/{p.pid}/cmdline").read_bytes() and time.time() < deadline:
             time.sleep(0.05)
-            info = process_info(p.pid)
+        info = process_info(p.pid)
     finally:
         p.kill()
         p.wait()

@@ -61,6 +61,8 @@ class AgentState:
     last_complete: float | None = None
     gap: float = 0.0
     exact: str = "off"  # auditd | unavailable: REASON | off
+    # With exact on: whether processes started before the agent's rules are audited too.
+    older_processes: str | None = None
     used_serials: set[int] = field(default_factory=set)
     reports: list[Path] = field(default_factory=list)
 
@@ -178,7 +180,12 @@ def _attribute(report: dict[str, Any], source, state: AgentState, names) -> None
         if c["id"] == "EGRESS-001" and c["status"] in ("fail", "waived"):
             c["items"] = report["findings"]
     proc_stats = report.get("attribution") or {}
-    report["attribution"] = {**counts, "exact": state.exact, "proc_scan": proc_stats}
+    report["attribution"] = {
+        **counts,
+        "exact": state.exact,
+        "older_processes": state.older_processes,
+        "proc_scan": proc_stats,
+    }
 
 
 def run_agent(
@@ -200,6 +207,12 @@ def run_agent(
             source = AuditSource(opts.audit.policy, opts.audit_uids)
             source.start()
             state.exact = "auditd"
+            state.older_processes = (
+                "audited"
+                if source.older_processes_audited
+                else "not audited: the audit subsystem was first enabled after they started "
+                "(boot with audit=1 to audit every process); their flows fall back to /proc"
+            )
         except AuditUnavailable as err:
             source = None
             state.exact = f"unavailable: {err}"

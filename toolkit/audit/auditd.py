@@ -29,6 +29,7 @@ import shutil
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterable
@@ -53,6 +54,14 @@ CLOCK_SLACK = 0.001
 HORIZON = 10.0
 MAX_EVENTS = 200_000
 SELF_TEST = ("192.0.2.1", 9)  # TEST-NET-1, discard: a UDP connect() there sends no packet
+SELF_TEST_SECONDS = 5.0
+# The probe child: a process forked after the rules were added. The kernel gives a task its audit
+# context at fork, and only once the audit subsystem has ever been enabled (auditsc.c,
+# audit_alloc), so processes older than the first `auditctl -e 1` since boot are never audited.
+_PROBE = (
+    "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+    "try:\n    s.connect(('192.0.2.1', 9))\nexcept OSError:\n    pass\n"
+)
 
 _HDR = re.compile(r"audit\((\d+)\.(\d+):(\d+)\): ?")
 _FIELD = re.compile(r'(\w+)=("[^"]*"|\S*)')
@@ -287,7 +296,9 @@ class AuditSource:
     _restore: dict[str, int] = field(default_factory=dict)
     _added: list[list[str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _self_seen: bool = False
+    _probe_pids: set[int] = field(default_factory=set)
+    _seen_pids: set[int] = field(default_factory=set)
+    older_processes_audited: bool = False
     _pid: int = field(default_factory=os.getpid)
 
     def start(self) -> None:
@@ -323,25 +334,43 @@ class AuditSource:
         self._self_test()
 
     def _self_test(self) -> None:
-        """Prove that records reach us: connect() a UDP socket (which sends nothing) to TEST-NET-1
-        and wait for its record. In a container's network namespace the kernel does not multicast
-        there, and exact attribution would silently see nothing."""
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        """Prove that records reach us: a child forked now connect()s a UDP socket (which sends
+        nothing) to TEST-NET-1 and we wait for its record. In a container's network namespace the
+        kernel does not multicast there, and exact attribution would silently see nothing. This
+        process connects too: its record says whether processes started before the rules (the
+        agent among them) are audited at all. The probes are repeated each second for 5 s: on a
+        loaded host one record can come late or be lost."""
+        deadline = time.monotonic() + SELF_TEST_SECONDS
+        next_probe = 0.0
+        children: list[subprocess.Popen] = []
         try:
-            probe.connect(SELF_TEST)
-        except OSError:
-            pass  # no route: the syscall is still audited
+            while time.monotonic() < deadline:
+                if time.monotonic() >= next_probe:
+                    own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                    try:
+                        own.connect(SELF_TEST)
+                    except OSError:
+                        pass  # no route: the syscall is still audited
+                    finally:
+                        own.close()
+                    child = subprocess.Popen([sys.executable, "-I", "-S", "-c", _PROBE], stdin=subprocess.DEVNULL)
+                    with self._lock:
+                        self._probe_pids.add(child.pid)
+                    children.append(child)
+                    next_probe = time.monotonic() + 1.0
+                with self._lock:
+                    if self._seen_pids & self._probe_pids:
+                        # Our own connect() went before the child's: its record, if any, is in.
+                        self.older_processes_audited = self._pid in self._seen_pids
+                        return
+                time.sleep(0.02)
         finally:
-            probe.close()
-        deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline:
-            with self._lock:
-                if self._self_seen:
-                    return
-            time.sleep(0.02)
+            for child in children:
+                child.wait()
         self.stop()
         raise AuditUnavailable(
-            "the audit subsystem's records do not reach this process (its own connect() was not seen)"
+            f"the audit subsystem's records do not reach this process (none of its probes' connect() calls "
+            f"was seen in {SELF_TEST_SECONDS:g} s)"
         )
 
     def _auditctl(self, *args: str) -> None:
@@ -369,9 +398,13 @@ class AuditSource:
                 self.records += 1
                 text = data[off + 16 : off + length].rstrip(b"\0").decode("utf-8", "replace")
                 ev = asm.feed(rtype, text)
-                if ev is not None and ev.pid == self._pid and (ev.address, ev.port) == SELF_TEST:
+                if (
+                    ev is not None
+                    and (ev.address, ev.port) == SELF_TEST
+                    and (ev.pid == self._pid or ev.pid in self._probe_pids)
+                ):
                     with self._lock:
-                        self._self_seen = True
+                        self._seen_pids.add(ev.pid)
                 elif ev is not None and not self.policy.allows(ev.address):
                     with self._lock:
                         if len(self.events) < MAX_EVENTS:
