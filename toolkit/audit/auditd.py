@@ -60,7 +60,7 @@ SELF_TEST_SECONDS = 5.0
 # audit_alloc), so processes older than the first `auditctl -e 1` since boot are never audited.
 _PROBE = (
     "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
-    "try:\n    s.connect(('192.0.2.1', 9))\nexcept OSError:\n    pass\n"
+    f"try:\n    s.connect({SELF_TEST!r})\nexcept OSError:\n    pass\n"
 )
 
 _HDR = re.compile(r"audit\((\d+)\.(\d+):(\d+)\): ?")
